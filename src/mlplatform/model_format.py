@@ -1,0 +1,366 @@
+"""The logged model: one MLflow pyfunc model that predicts from raw records.
+
+Layout of the model's data folder (``mlplatform_model/``)::
+
+    model.json          column specs, classes, threshold, family, trusted skops types
+    preprocessor.skops  the fitted sklearn ColumnTransformer (skops, trusted types listed)
+    estimator.ubj       XGBoost's native format, or
+    estimator.skops     a scikit-learn estimator (skops, trusted types listed)
+
+No pickle or cloudpickle file is written or read: skops refuses any type not on the
+explicit list in model.json, and the MLmodel file names this module as the loader (it must
+be installed, as it is in the project's virtualenv), so the registry holds data, not code.
+
+Scoring goes raw records -> ``schema.coerce`` -> preprocessing -> estimator. The
+preprocessing is compiled from the fitted transformer's public attributes into a few numpy
+operations (imputation, indicators, scaling, one-hot lookups), checked at save time to give
+exactly the transformer's output, with the transformer itself as the fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.schema import ColumnSpec, coerce
+
+FORMAT_VERSION = 1
+DATA_DIR = "mlplatform_model"
+LOADER_MODULE = "mlplatform.model_format"
+PREDICTION = "prediction"
+PROBA_PREFIX = "probability_"
+
+# Types skops may build when loading; nothing else is accepted.
+SKLEARN_TRUSTED = [
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.compose._column_transformer._RemainderColsList",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.impute._base.MissingIndicator",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils._bunch.Bunch",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "builtins.slice",
+    "builtins.object",
+    "builtins.type",
+]
+
+
+def probability_column(cls: Any) -> str:
+    return f"{PROBA_PREFIX}{cls}"
+
+
+class ModelFormatError(Exception):
+    """The model folder is not one this version can load."""
+
+
+def _skops_dump(obj: Any, path: Path) -> list[str]:
+    import skops.io as sio
+
+    sio.dump(obj, path)
+    untrusted = sio.get_untrusted_types(file=path)
+    unexpected = sorted(set(untrusted) - set(SKLEARN_TRUSTED))
+    if unexpected:
+        raise ModelFormatError(f"{path.name}: types outside the trusted list: {unexpected}")
+    return sorted(set(untrusted))
+
+
+def _skops_load(path: Path, trusted: list[str]) -> Any:
+    import skops.io as sio
+
+    allowed = sorted(set(trusted) & set(SKLEARN_TRUSTED))
+    return sio.load(path, trusted=allowed)
+
+
+# --------------------------------------------------------------------------------------
+# Compiled preprocessing.
+
+
+class CompiledPreprocessor:
+    """The fitted ColumnTransformer as numpy operations (same output, far less overhead)."""
+
+    def __init__(self, transformer: Any) -> None:
+        self.blocks: list[tuple[str, Any]] = []
+        for name, step, cols in transformer.transformers_:
+            if name == "remainder" or step == "drop":
+                continue
+            if name == "num":
+                self.blocks.append(("num", self._numeric(step, list(cols))))
+            elif name == "cat":
+                self.blocks.append(("cat", self._categorical(step, list(cols))))
+            else:
+                raise ModelFormatError(f"cannot compile transformer block {name!r}")
+        self.n_out = int(sum(b["width"] for _, b in self.blocks))
+
+    @staticmethod
+    def _numeric(pipe: Any, cols: list[str]) -> dict[str, Any]:
+        imputer = pipe.named_steps["impute"]
+        stats = np.asarray(imputer.statistics_, dtype=np.float64)
+        keep = ~np.isnan(stats)
+        indicator = imputer.indicator_.features_ if imputer.indicator_ is not None else []
+        scaler = pipe.named_steps.get("scale")
+        width = int(keep.sum()) + len(indicator)
+        return {
+            "cols": cols,
+            "stats": stats,
+            "keep": keep,
+            "all_kept": bool(keep.all()),
+            "indicator": np.asarray(indicator, dtype=np.int64),
+            "mean": None if scaler is None else np.asarray(scaler.mean_, dtype=np.float64),
+            "scale": None if scaler is None else np.asarray(scaler.scale_, dtype=np.float64),
+            "width": width,
+        }
+
+    @staticmethod
+    def _categorical(encoder: Any, cols: list[str]) -> dict[str, Any]:
+        if encoder.drop_idx_ is not None:
+            raise ModelFormatError("cannot compile a OneHotEncoder with drop")
+        lookups, defaults, offset = [], [], 0
+        for cats, infreq in zip(encoder.categories_, encoder.infrequent_categories_, strict=True):
+            infrequent = set() if infreq is None else {str(c) for c in infreq}
+            frequent = [str(c) for c in cats if str(c) not in infrequent]
+            table = {c: offset + i for i, c in enumerate(frequent)}
+            width = len(frequent)
+            default = -1
+            if infrequent:
+                default = offset + width
+                table.update(dict.fromkeys(infrequent, default))
+                width += 1
+            lookups.append(table)
+            defaults.append(default)
+            offset += width
+        return {"cols": cols, "lookups": lookups, "defaults": defaults, "width": offset}
+
+    def transform(self, canonical: pd.DataFrame) -> np.ndarray:
+        n = len(canonical)
+        parts = []
+        for kind, b in self.blocks:
+            if kind == "num":
+                x = canonical[b["cols"]].to_numpy(dtype=np.float64, copy=True)
+                missing = np.isnan(x)
+                if missing.any():
+                    x = np.where(missing, b["stats"], x)
+                if not b["all_kept"]:
+                    x = x[:, b["keep"]]
+                if len(b["indicator"]):
+                    x = np.hstack([x, missing[:, b["indicator"]].astype(np.float64)])
+                if b["mean"] is not None:
+                    x = (x - b["mean"]) / b["scale"]
+                parts.append(x)
+            else:
+                out = np.zeros((n, b["width"]), dtype=np.float64)
+                rows = np.arange(n)
+                for col, table, default in zip(b["cols"], b["lookups"], b["defaults"], strict=True):
+                    values = canonical[col].to_numpy()
+                    idx = np.fromiter((table.get(v, default) for v in values), np.int64, n)
+                    hit = idx >= 0
+                    out[rows[hit], idx[hit]] = 1.0
+                parts.append(out)
+        return parts[0] if len(parts) == 1 else np.hstack(parts)
+
+
+# --------------------------------------------------------------------------------------
+# The model.
+
+
+class TabularModel:
+    """Raw records in; predicted class and class probabilities out."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        meta_path = folder / "model.json"
+        if not meta_path.is_file():
+            raise ModelFormatError(f"{folder}: model.json not found")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{meta_path}: format_version {self.meta.get('format_version')} is not "
+                f"{FORMAT_VERSION}"
+            )
+        self.specs = [ColumnSpec.from_dict(d) for d in self.meta["features"]]
+        self.classes = self.meta["classes"]
+        self.threshold = self.meta.get("threshold")
+        self.family = self.meta["family"]
+        trusted = self.meta.get("trusted_types", [])
+        self.preprocessor = _skops_load(folder / "preprocessor.skops", trusted)
+        self.compiled: CompiledPreprocessor | None = None
+        if self.meta.get("compiled_preprocessing", False):
+            self.compiled = CompiledPreprocessor(self.preprocessor)
+        if self.family == "xgboost":
+            import xgboost as xgb
+
+            self.booster = xgb.Booster()
+            self.booster.load_model(str(folder / "estimator.ubj"))
+            self.estimator = None
+        else:
+            self.booster = None
+            self.estimator = _skops_load(folder / "estimator.skops", trusted)
+            if hasattr(self.estimator, "n_jobs"):
+                # One thread: deterministic sums and no pool start-up per request.
+                self.estimator.set_params(n_jobs=1)
+        self.set_threads(int(os.environ.get("MLPLATFORM_PREDICT_THREADS", "1")))
+        self.output_columns = [PREDICTION, *[probability_column(c) for c in self.classes]]
+
+    def set_threads(self, n: int) -> None:
+        if self.booster is not None:
+            self.booster.set_param({"nthread": n})
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def transform(self, raw: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Raw records -> model matrix, and per column the rows whose values were unreadable."""
+        canonical, invalid = coerce(raw, self.specs)
+        if self.compiled is not None:
+            return self.compiled.transform(canonical), invalid
+        return np.asarray(self.preprocessor.transform(canonical), dtype=np.float64), invalid
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for a preprocessed matrix (rows x classes)."""
+        if self.booster is not None:
+            raw = self.booster.inplace_predict(x)
+            if raw.ndim == 1:
+                # Same arithmetic (float32) as XGBClassifier.predict_proba.
+                return np.vstack((1 - raw, raw)).T
+            return raw
+        return self.estimator.predict_proba(x)
+
+    def predict_proba(self, raw: pd.DataFrame) -> np.ndarray:
+        x, _ = self.transform(raw)
+        return self.predict_matrix(x)
+
+    def labels(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices: positive when p >= threshold for binary models, else the argmax."""
+        if len(self.classes) == 2 and self.threshold is not None:
+            return (proba[:, 1] >= self.threshold).astype(np.int64)
+        return proba.argmax(axis=1)
+
+    def to_frame(self, proba: np.ndarray, index: Any = None) -> pd.DataFrame:
+        classes = np.asarray(self.classes, dtype=object)
+        out = {PREDICTION: classes[self.labels(proba)]}
+        for i, c in enumerate(self.classes):
+            out[probability_column(c)] = proba[:, i].astype(np.float64)
+        frame = pd.DataFrame(out, index=index)
+        if all(isinstance(c, str) for c in self.classes):
+            frame[PREDICTION] = frame[PREDICTION].astype(object)
+        return frame
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The pyfunc entry point (``mlflow.pyfunc.load_model(...).predict``)."""
+        frame = _as_frame(model_input, self.input_names)
+        x, invalid = self.transform(frame)
+        if invalid:
+            col, mask = next(iter(invalid.items()))
+            bad = frame[col].to_numpy()[mask][0]
+            raise _invalid_input(
+                f"column '{col}': value {bad!r} is not a valid {_kind_word(self.specs, col)}"
+            )
+        return self.to_frame(self.predict_matrix(x), index=frame.index)
+
+
+def _kind_word(specs: list[ColumnSpec], col: str) -> str:
+    kind = next(s.kind for s in specs if s.name == col)
+    return {"numeric": "number", "datetime": "date/time (ISO 8601)"}.get(kind, kind)
+
+
+def _invalid_input(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _as_frame(model_input: Any, names: list[str]) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, dict):
+        frame = pd.DataFrame(model_input if _all_lists(model_input) else [model_input])
+    elif isinstance(model_input, list):
+        frame = pd.DataFrame(model_input)
+    else:
+        raise _invalid_input(f"expected records or a DataFrame, got {type(model_input).__name__}")
+    if frame.empty:
+        raise _invalid_input("empty input: send at least one record")
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise _invalid_input(f"missing column(s): {', '.join(missing)}")
+    return frame
+
+
+def _all_lists(d: dict) -> bool:
+    return all(isinstance(v, list | tuple | np.ndarray) for v in d.values())
+
+
+def _load_pyfunc(data_path: str) -> TabularModel:
+    """MLflow's loader hook: ``mlflow.pyfunc.load_model`` calls this with our data folder."""
+    return TabularModel(Path(data_path))
+
+
+def load(model_dir: Path | str) -> TabularModel:
+    """Load a saved model folder (the MLflow model directory) without going through pyfunc."""
+    model_dir = Path(model_dir)
+    folder = model_dir / DATA_DIR if (model_dir / DATA_DIR).is_dir() else model_dir
+    return TabularModel(folder)
+
+
+def write_folder(
+    folder: Path,
+    *,
+    preprocessor: Any,
+    estimator: Any,
+    family: str,
+    specs: list[ColumnSpec],
+    classes: list[Any],
+    threshold: float | None,
+    extra: dict[str, Any] | None = None,
+    check_frame: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Write the model's data folder; verify the compiled preprocessing on ``check_frame``.
+
+    Returns:
+        The model.json content.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    trusted = _skops_dump(preprocessor, folder / "preprocessor.skops")
+    if family == "xgboost":
+        estimator.get_booster().save_model(str(folder / "estimator.ubj"))
+    else:
+        trusted += _skops_dump(estimator, folder / "estimator.skops")
+    compiled_ok = False
+    if check_frame is not None:
+        compiled_ok = _compiled_matches(preprocessor, specs, check_frame)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "classes": classes,
+        "threshold": threshold,
+        "features": [s.to_dict() for s in specs],
+        "trusted_types": sorted(set(trusted)),
+        "compiled_preprocessing": compiled_ok,
+        **(extra or {}),
+    }
+    (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def _compiled_matches(preprocessor: Any, specs: list[ColumnSpec], frame: pd.DataFrame) -> bool:
+    try:
+        compiled = CompiledPreprocessor(preprocessor)
+    except ModelFormatError:
+        return False
+    canonical, _ = coerce(frame, specs)
+    expected = np.asarray(preprocessor.transform(canonical), dtype=np.float64)
+    got = compiled.transform(canonical)
+    return got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True)

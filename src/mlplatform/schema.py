@@ -1,0 +1,216 @@
+"""Column kinds: inference from data, per-column overrides, and coercion of raw records.
+
+Raw records (as a client sends them) are turned into a canonical frame the preprocessing
+pipeline understands:
+
+- numeric and boolean columns become float64 (booleans 0/1), missing stays NaN;
+- categorical columns become strings, missing becomes ``MISSING`` (a category of its own);
+- datetime columns expand into numeric parts (days since epoch, month, day of week, hour).
+
+The same function runs at training time, in the logged model and in batch scoring, so what
+the model sees never depends on which door the data came in by.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.config import ColumnKind
+
+MISSING = "__missing__"
+TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1"})
+FALSE_TOKENS = frozenset({"false", "no", "n", "f", "0"})
+DATETIME_PARTS = ("epoch_days", "month", "dayofweek", "hour")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """How one raw input column is typed and turned into model features.
+
+    Attributes:
+        name: column name in the raw data.
+        kind: numeric, categorical, boolean or datetime.
+        input_type: MLflow signature type of the raw column (double, string, boolean, datetime).
+        true_values: for booleans given as text, the tokens read as true.
+    """
+
+    name: str
+    kind: ColumnKind
+    input_type: str
+    true_values: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["true_values"] = list(self.true_values)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ColumnSpec:
+        return cls(d["name"], d["kind"], d["input_type"], tuple(d.get("true_values", ())))
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the canonical columns this raw column becomes."""
+        if self.kind == "datetime":
+            return [f"{self.name}__{part}" for part in DATETIME_PARTS]
+        return [self.name]
+
+
+def _is_text(series: pd.Series) -> bool:
+    return series.dtype == object or isinstance(series.dtype, pd.StringDtype)
+
+
+def _tokens(series: pd.Series) -> set[str]:
+    return {str(v).strip().lower() for v in series.dropna().unique()}
+
+
+def infer_kind(series: pd.Series) -> ColumnKind:
+    """Infer a column's kind from its dtype and values."""
+    if pd.api.types.is_bool_dtype(series):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    values = series.dropna()
+    if values.empty:
+        return "categorical"
+    tokens = _tokens(values)
+    if len(tokens) <= 2 and tokens <= (TRUE_TOKENS | FALSE_TOKENS) and not tokens <= {"0", "1"}:
+        return "boolean"
+    sample = values.astype(str).head(1000)
+    if sample.str.match(_ISO_DATE).mean() >= 0.95:
+        parsed = pd.to_datetime(sample, errors="coerce", format="ISO8601")
+        if parsed.notna().mean() >= 0.95:
+            return "datetime"
+    return "categorical"
+
+
+def input_type_for(series: pd.Series, kind: ColumnKind) -> str:
+    """The MLflow signature type a client must send for this column."""
+    if kind == "boolean" and pd.api.types.is_bool_dtype(series):
+        return "boolean"
+    if kind == "datetime" and pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        # Integers are declared as double so a missing value at serving time passes
+        # schema enforcement (an int column cannot hold NaN).
+        return "double"
+    return "string"
+
+
+def make_spec(series: pd.Series, kind: ColumnKind) -> ColumnSpec:
+    true_values: tuple[str, ...] = ()
+    if kind == "boolean" and not pd.api.types.is_bool_dtype(series):
+        true_values = tuple(sorted(_tokens(series) & TRUE_TOKENS))
+    return ColumnSpec(str(series.name), kind, input_type_for(series, kind), true_values)
+
+
+# --------------------------------------------------------------------------------------
+# Coercion: raw values -> canonical model inputs. Each returns (values, invalid_mask).
+
+
+def _numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    if pd.api.types.is_bool_dtype(values):
+        out = values.astype("float64").to_numpy()
+        return out, np.zeros(len(out), dtype=bool)
+    if pd.api.types.is_numeric_dtype(values):
+        out = values.to_numpy(dtype="float64", na_value=np.nan)
+        return out, np.zeros(len(out), dtype=bool)
+    out = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    invalid = np.isnan(out) & values.notna().to_numpy()
+    return out, invalid
+
+
+def _boolean(values: pd.Series, spec: ColumnSpec) -> tuple[np.ndarray, np.ndarray]:
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return _numeric(values)
+    out = np.full(len(values), np.nan)
+    present = values.notna().to_numpy()
+    tokens = values[present].astype(str).str.strip().str.lower()
+    out[present] = tokens.isin(TRUE_TOKENS).to_numpy().astype("float64")
+    # Unknown tokens are read as missing (and imputed), like an unseen category.
+    known = tokens.isin(TRUE_TOKENS | FALSE_TOKENS).to_numpy()
+    out[np.flatnonzero(present)[~known]] = np.nan
+    return out, np.zeros(len(values), dtype=bool)
+
+
+def _categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    present = values.notna().to_numpy()
+    out = np.full(len(values), MISSING, dtype=object)
+    if pd.api.types.is_float_dtype(values):
+        # 5.0 and 5 must be the same category whether a client sends an int or a float.
+        raw = values[present].to_numpy()
+        # Exact integers only (|x| < 2**53); larger floats keep their float spelling.
+        integral = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**53)
+        as_int = np.where(integral, raw, 0).astype("int64").astype(str)
+        text = np.where(integral, as_int, raw.astype(str))
+        out[present] = text
+    else:
+        out[present] = values[present].astype(str).to_numpy()
+    return out, np.zeros(len(values), dtype=bool)
+
+
+def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    invalid = parsed.isna().to_numpy() & values.notna().to_numpy()
+    epoch = (parsed - pd.Timestamp("1970-01-01")).dt.total_seconds() / 86_400.0
+    parts = {
+        "epoch_days": epoch.to_numpy(dtype="float64", na_value=np.nan),
+        "month": parsed.dt.month.to_numpy(dtype="float64", na_value=np.nan),
+        "dayofweek": parsed.dt.dayofweek.to_numpy(dtype="float64", na_value=np.nan),
+        "hour": parsed.dt.hour.to_numpy(dtype="float64", na_value=np.nan),
+    }
+    return parts, invalid
+
+
+def coerce(
+    frame: pd.DataFrame, specs: list[ColumnSpec]
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Turn raw records into the canonical frame the preprocessing pipeline was fitted on.
+
+    Args:
+        frame: raw records; must contain every column in specs.
+        specs: the model's input columns.
+
+    Returns:
+        The canonical frame (one column per feature name) and, per raw column, a boolean mask
+        of rows whose value could not be read as the column's kind (for example text in a
+        numeric column). Invalid values are set to missing in the canonical frame.
+    """
+    out: dict[str, Any] = {}
+    invalid: dict[str, np.ndarray] = {}
+    for spec in specs:
+        values = frame[spec.name]
+        if spec.kind == "numeric":
+            out[spec.name], bad = _numeric(values)
+        elif spec.kind == "boolean":
+            out[spec.name], bad = _boolean(values, spec)
+        elif spec.kind == "categorical":
+            out[spec.name], bad = _categorical(values)
+        else:
+            parts, bad = _datetime(values)
+            for part, arr in parts.items():
+                out[f"{spec.name}__{part}"] = arr
+        if bad.any():
+            invalid[spec.name] = bad
+    return pd.DataFrame(out, index=frame.index), invalid
+
+
+def numeric_feature_names(specs: list[ColumnSpec]) -> list[str]:
+    return [n for s in specs if s.kind != "categorical" for n in s.feature_names]
+
+
+def categorical_feature_names(specs: list[ColumnSpec]) -> list[str]:
+    return [s.name for s in specs if s.kind == "categorical"]
