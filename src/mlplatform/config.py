@@ -147,7 +147,7 @@ class TuneConfig(Strict):
     metric: str = "average_precision"
     class_weight: Literal["balanced", "none"] = "balanced"
     report_every: Annotated[int, Field(gt=0)] = Field(
-        default=10, description="XGBoost boosting rounds between pruning reports"
+        default=25, description="XGBoost boosting rounds between pruning reports"
     )
     rf_steps: Annotated[int, Field(ge=1)] = Field(
         default=4, description="Random forests grow in this many chunks, reporting after each"
@@ -277,10 +277,9 @@ def _locate(loc: tuple, raw: Any, missing: bool) -> tuple[tuple, tuple, str | No
     node = raw
     at_group = raw
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(str(part))
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
             path.append(str(part))
         elif missing and i == len(loc) - 1:
@@ -299,10 +298,7 @@ def _describe(items: list[tuple[dict, tuple, str | None, Any]]) -> str:
     _, _, branch, value = items[0]
     if branch is not None:
         # Keep the branches that match the shape of what the user wrote.
-        shaped = [
-            i for i in items
-            if (i[2] not in _SCALARS) == isinstance(value, dict)
-        ]
+        shaped = [i for i in items if (i[2] not in _SCALARS) == isinstance(value, dict)]
         items = shaped or items
     err, full, _, _ = max(items, key=lambda i: len(i[0]["loc"]))
     where = ".".join(full) or "(top level)"

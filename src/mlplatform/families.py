@@ -1,7 +1,8 @@
 """Model families: how each estimator is built, weighted for imbalance, and fitted step by step.
 
-Each family fits on an already-preprocessed matrix and calls ``report(step, proba_valid)``
-at its natural steps so the search can prune it: XGBoost every ``report_every`` boosting
+Each family fits on an already-preprocessed matrix and calls
+``report(step, proba_valid, final)`` at its natural steps so the search can prune it (never
+at the final step, when the work is done): XGBoost every ``report_every`` boosting
 rounds, random forests after each chunk of trees (warm start gives the same forest as one
 fit), logistic regression once (it is fast enough not to need pruning).
 """
@@ -23,7 +24,7 @@ FAMILIES = ("logistic_regression", "random_forest", "xgboost")
 # Linear models need standardised inputs; trees do not.
 NEEDS_SCALING = {"logistic_regression": True, "random_forest": False, "xgboost": False}
 
-Report = Callable[[int, np.ndarray], None]
+Report = Callable[[int, np.ndarray, bool], None]
 
 
 def make_estimator(
@@ -48,8 +49,13 @@ def make_estimator(
         weights = None
         if balanced:
             classes = np.unique(y)
-            weights = dict(zip(classes.tolist(),
-                               compute_class_weight("balanced", classes=classes, y=y), strict=True))
+            weights = dict(
+                zip(
+                    classes.tolist(),
+                    compute_class_weight("balanced", classes=classes, y=y),
+                    strict=True,
+                )
+            )
         return RandomForestClassifier(
             class_weight=weights,
             random_state=seed,
@@ -82,17 +88,18 @@ def fit_kwargs(family: str, y: np.ndarray, n_classes: int, class_weight: str) ->
 
 
 class _XGBReport(xgb.callback.TrainingCallback):
-    def __init__(self, x_valid: np.ndarray, every: int, report: Report, n_classes: int):
+    def __init__(self, x_valid: np.ndarray, every: int, total: int, report: Report, n_classes: int):
         self.x_valid = x_valid
         self.every = every
+        self.total = total
         self.report = report
         self.n_classes = n_classes
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
         rounds = epoch + 1
-        if rounds % self.every == 0:
+        if rounds % self.every == 0 or rounds == self.total:
             raw = model.inplace_predict(self.x_valid, iteration_range=(0, rounds))
-            self.report(rounds, _as_proba(raw, self.n_classes))
+            self.report(rounds, _as_proba(raw, self.n_classes), rounds == self.total)
         return False
 
 
@@ -120,7 +127,9 @@ def fit_reporting(
     ``report`` may raise (for example ``optuna.TrialPruned``) to stop the fit early.
     """
     if family == "xgboost":
-        estimator.set_params(callbacks=[_XGBReport(x_valid, report_every, report, n_classes)])
+        total = int(estimator.get_params()["n_estimators"] or 100)
+        callback = _XGBReport(x_valid, report_every, total, report, n_classes)
+        estimator.set_params(callbacks=[callback])
         try:
             estimator.fit(x_train, y_train, **fit_params)
         finally:
@@ -135,9 +144,9 @@ def fit_reporting(
                 continue
             estimator.set_params(n_estimators=n)
             estimator.fit(x_train, y_train, **fit_params)
-            report(n, estimator.predict_proba(x_valid))
+            report(n, estimator.predict_proba(x_valid), n >= total)
         estimator.set_params(warm_start=False)
         return estimator
     estimator.fit(x_train, y_train, **fit_params)
-    report(1, estimator.predict_proba(x_valid))
+    report(1, estimator.predict_proba(x_valid), True)
     return estimator

@@ -44,7 +44,9 @@ def read_table(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
-        raise DataValidationError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
+        raise DataValidationError(
+            f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)"
+        )
     if not path.is_file():
         raise DataValidationError(f"{path}: file not found")
     if path.stat().st_size == 0:

@@ -180,8 +180,12 @@ def evaluate(
             y, pred, labels=np.arange(k), zero_division=0
         )
         out["per_class"] = {
-            str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                     "support": int(s[i])}
+            str(c): {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
             for i, c in enumerate(classes)
         }
         for avg in ("macro", "micro", "weighted"):
@@ -193,7 +197,9 @@ def evaluate(
             out[f"f1_{avg}"] = float(fa)
         # Headline names shared with binary models (used by promotion floors).
         out["precision"], out["recall"], out["f1"] = (
-            out["precision_macro"], out["recall_macro"], out["f1_macro"]
+            out["precision_macro"],
+            out["recall_macro"],
+            out["f1_macro"],
         )
         out["class_distribution"] = {
             str(c): float(np.mean(pred == i)) for i, c in enumerate(classes)

@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     auc,
     average_precision_score,
@@ -64,8 +64,13 @@ def precision_recall(
         if threshold is not None and proba.shape[1] == 2 and len(thr):
             i = min(int(np.searchsorted(thr, threshold)), len(thr) - 1)
             ax.scatter([rec[i]], [prec[i]], c="red", zorder=3, label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="Recall", ylabel="Precision", title="Precision-recall (test set)",
-           xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        title="Precision-recall (test set)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="upper right")
     return _save(fig, path)
 
@@ -78,8 +83,11 @@ def calibration(y: np.ndarray, proba: np.ndarray, classes: list[Any], path: Path
         frac, mean = calibration_curve(yb, score, n_bins=10, strategy="quantile")
         ax.plot(mean, frac, marker="o", label=label)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    ax.set(xlabel="Mean predicted probability", ylabel="Observed frequency",
-           title="Calibration (test set, quantile bins)")
+    ax.set(
+        xlabel="Mean predicted probability",
+        ylabel="Observed frequency",
+        title="Calibration (test set, quantile bins)",
+    )
     ax.legend(loc="upper left")
     return _save(fig, path)
 

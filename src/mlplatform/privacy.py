@@ -41,4 +41,3 @@ def install(site_packages: Path | None = None) -> Path:
     target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
     target.write_text(pth_line())
     return target
-

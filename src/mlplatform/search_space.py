@@ -93,9 +93,7 @@ def parse(cfg: TuneConfig) -> dict[str, dict[str, BaseDistribution | Any]]:
     return spaces
 
 
-def suggest(
-    trial: optuna.Trial, spaces: dict[str, dict[str, Any]]
-) -> tuple[str, dict[str, Any]]:
+def suggest(trial: optuna.Trial, spaces: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Sample a family and its hyperparameters for one trial."""
     family = trial.suggest_categorical(FAMILY_PARAM, list(spaces))
     values: dict[str, Any] = {}

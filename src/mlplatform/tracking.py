@@ -8,6 +8,7 @@ the runs are reconciled from it (see ``tune.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,6 @@ import os
 import platform
 import queue
 import subprocess
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,8 +45,10 @@ LIBRARIES = (
 
 
 def tracking_uri(params: Params) -> str:
-    """MLFLOW_TRACKING_URI wins (team mode); otherwise the local store from params."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    """The user's MLFLOW_TRACKING_URI wins (team mode); otherwise the store from params."""
+    import mlplatform
+
+    return mlplatform.USER_TRACKING_URI or params.mlflow.tracking_uri
 
 
 def setup(params: Params) -> tuple[Any, str]:
@@ -60,7 +62,9 @@ def setup(params: Params) -> tuple[Any, str]:
 
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    import mlplatform
+
+    mlflow.set_registry_uri(mlplatform.USER_REGISTRY_URI or uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     if exp is None:
@@ -89,9 +93,7 @@ def user(params: Params) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -106,8 +108,9 @@ def dvc_lock_hashes(root: Path, wanted: Iterable[Path]) -> dict[str, str]:
         content = yaml.safe_load(lock.read_text()) or {}
     except yaml.YAMLError:
         return {}
-    wanted_rel = {str(Path(p).relative_to(root)) if Path(p).is_absolute() else str(p)
-                  for p in wanted}
+    wanted_rel = {
+        str(Path(p).relative_to(root)) if Path(p).is_absolute() else str(p) for p in wanted
+    }
     found: dict[str, str] = {}
     for stage in (content.get("stages") or {}).values():
         for entry in (stage.get("outs") or []) + (stage.get("deps") or []):
@@ -135,7 +138,9 @@ def lineage(params: Params, paths: Paths, data_files: dict[str, Path]) -> dict[s
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["mlplatform.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+        tags["mlplatform.git_dirty"] = str(
+            bool(_git("status", "--porcelain", "--untracked-files=no"))
+        )
     for name, file in data_files.items():
         if Path(file).is_file():
             tags[f"mlplatform.data.{name}.md5"] = file_md5(file)
@@ -206,37 +211,154 @@ def _finite(v: Any) -> bool:
         return False
 
 
-class BackgroundWriter:
-    """Writes RunRecords on one thread so the caller never waits on the store."""
+class _Child:
+    """A forked helper process fed through a queue (see TrackingWorker)."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self._queue: queue.Queue[RunRecord | None] = queue.Queue()
-        self._error: BaseException | None = None
+    def __init__(self, role: str, uri: str) -> None:
+        import multiprocessing as mp
+
+        # fork: the child inherits the imported MLflow and starts in milliseconds; it drops
+        # the inherited database connections before using the store (see _child_main).
+        ctx = mp.get_context("fork")
+        self.jobs = ctx.Queue()
+        self.results = ctx.Queue()
+        self.proc = ctx.Process(
+            target=_child_main,
+            args=(role, uri, self.jobs, self.results, os.getpid()),
+            name=f"mlflow-{role}",
+            daemon=True,
+        )
+        self.proc.start()
+
+    def finish(self, timeout: float) -> tuple[int, float]:
+        self.jobs.put(None)
+        try:
+            status, payload = self.results.get(timeout=timeout)
+        except queue.Empty:
+            self.proc.kill()
+            raise RuntimeError(f"{self.proc.name} did not finish") from None
+        self.proc.join(timeout=30)
+        if status == "error":
+            raise RuntimeError(f"{self.proc.name} failed: {payload}")
+        return payload
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class TrackingWorker:
+    """Writes trial runs, and renders the end-of-study plots, in two helper processes.
+
+    SQLAlchemy's work per run is CPU-bound Python (about 17 ms of CPU for a sqlite
+    create/batch/terminate): in a thread it competes for the GIL with the search. The
+    helpers are forked processes scheduled at idle priority, so they only use CPU the
+    search leaves free; the plotter imports matplotlib during the search, and at the end
+    it renders while the writer finishes its backlog. If the parent dies, the helpers exit;
+    what was not written is rebuilt from the Optuna storage on the next run
+    (``tune.reconcile``).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self._writer = _Child("writer", uri)
+        self._plotter = _Child("plotter", uri)
+        self._closed = False
+        self.submitted = 0
         self.written = 0
         self.seconds = 0.0
-        self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (rec := self._queue.get()) is not None:
-            if self._error is None:
-                t0 = time.perf_counter()
-                try:
-                    write_run(self.client, rec)
-                    self.written += 1
-                except BaseException as exc:  # surfaced on close()
-                    self._error = exc
-                self.seconds += time.perf_counter() - t0
-            self._queue.task_done()
-        self._queue.task_done()
 
     def submit(self, rec: RunRecord) -> None:
-        self._queue.put(rec)
+        self.submitted += 1
+        self._writer.jobs.put(("run", rec))
 
-    def close(self) -> None:
-        """Wait for every submitted run; re-raise the first write error, if any."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+    def plots(self, run_id: str, trials: list, direction: str, best_family: str) -> None:
+        """Render the search plots from these trials and log them onto run_id."""
+        self._plotter.jobs.put(("plots", (run_id, trials, direction, best_family)))
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Wait for every job; re-raise a helper's first error, if any."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.written, self.seconds = self._writer.finish(timeout)
+            self._plotter.finish(timeout)
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Stop the helpers without waiting (the parent is being interrupted)."""
+        self._writer.kill()
+        self._plotter.kill()
+        self._closed = True
+
+
+def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: let the parent decide when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The search comes first: helpers only get CPU the search leaves idle.
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    engine = getattr(client._tracking_client.store, "engine", None)
+    if engine is not None:
+        # Connections opened by the parent must not be shared (SQLAlchemy's fork recipe).
+        engine.dispose(close=False)
+    if role == "plotter":
+        _warm_up()
+    error: str | None = None
+    written, busy = 0, 0.0
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                return  # orphaned: the parent was killed
+            continue
+        if job is None:
+            break
+        if error is not None:
+            continue
+        kind, payload = job
+        t0 = time.perf_counter()
+        try:
+            if kind == "run":
+                write_run(client, payload)
+                written += 1
+            else:
+                _log_plots(client, *payload)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        busy += time.perf_counter() - t0
+    results.put(("error", error) if error else ("ok", (written, busy)))
+
+
+def _warm_up() -> None:
+    """Import the plotting stack while the search is still running."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+    import optuna.visualization.matplotlib  # noqa: F401
+    from optuna.importance import PedAnovaImportanceEvaluator  # noqa: F401
+
+
+def _log_plots(client: Any, run_id: str, trials: list, direction: str, family: str) -> None:
+    import tempfile
+
+    import optuna
+
+    from mlplatform.tune import search_plots
+
+    study = optuna.create_study(direction=direction)
+    study.add_trials(trials)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in search_plots(study, family, Path(tmp)):
+            client.log_artifact(run_id, str(path), artifact_path="search")

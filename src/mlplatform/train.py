@@ -64,19 +64,24 @@ def fit(
     x_valid = np.asarray(pre.transform(cv), dtype=np.float64)
     n_classes = len(schema.classes)
     estimator = families.make_estimator(
-        family, hp, y=y_train, n_classes=n_classes, class_weight=params.tune.class_weight,
-        seed=params.seed, n_jobs=params.tune.n_jobs,
+        family,
+        hp,
+        y=y_train,
+        n_classes=n_classes,
+        class_weight=params.tune.class_weight,
+        seed=params.seed,
+        n_jobs=params.tune.n_jobs,
     )
     estimator.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         **families.fit_kwargs(family, y_train, n_classes, params.tune.class_weight),
     )
     proba = estimator.predict_proba(x_valid)
     threshold = None
     if n_classes == 2:
         threshold = choose_threshold(y_valid, proba[:, 1], params.train.threshold)
-    return Fitted(family, hp, pre, estimator, threshold, proba,
-                  validation_metrics(y_valid, proba))
+    return Fitted(family, hp, pre, estimator, threshold, proba, validation_metrics(y_valid, proba))
 
 
 def signature(schema: DatasetSchema) -> Any:
@@ -111,8 +116,11 @@ def save_model_folder(
         specs=schema.features,
         classes=schema.classes,
         threshold=fitted.threshold,
-        extra={"target": schema.target, "positive_class": schema.positive_class,
-               "hyperparameters": fitted.hyperparameters},
+        extra={
+            "target": schema.target,
+            "positive_class": schema.positive_class,
+            "hyperparameters": fitted.hyperparameters,
+        },
         check_frame=check,
     )
 
@@ -184,19 +192,28 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     fitted = fit(params, schema, train, valid, family, hp)
     _, exp_id = tracking.setup(params)
     tags = tracking.lineage(params, paths, {s: paths.split(s) for s in ("train", "validation")})
-    tags.update({
-        "mlplatform.stage": "train",
-        "mlplatform.tune_run_id": tuned["parent_run_id"],
-        "optuna.study_name": tuned["study_name"],
-        "family": family,
-    })
+    tags.update(
+        {
+            "mlplatform.stage": "train",
+            "mlplatform.tune_run_id": tuned["parent_run_id"],
+            "optuna.study_name": tuned["study_name"],
+            "family": family,
+        }
+    )
     example = valid[schema.feature_names].head(5)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{family}", tags=tags) as run:
-        mlflow.log_params({"family": family, **hp, "class_weight": params.tune.class_weight,
-                           "threshold_rule": params.train.threshold.rule,
-                           "seed": params.seed})
-        mlflow.log_metrics({f"valid_{k}": v for k, v in fitted.valid_metrics.items()
-                            if np.isfinite(v)})
+        mlflow.log_params(
+            {
+                "family": family,
+                **hp,
+                "class_weight": params.tune.class_weight,
+                "threshold_rule": params.train.threshold.rule,
+                "seed": params.seed,
+            }
+        )
+        mlflow.log_metrics(
+            {f"valid_{k}": v for k, v in fitted.valid_metrics.items() if np.isfinite(v)}
+        )
         if fitted.threshold is not None:
             mlflow.log_metric("threshold", fitted.threshold)
         info = log_model(fitted, schema, example, valid[schema.feature_names])
