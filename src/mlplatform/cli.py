@@ -29,6 +29,10 @@ ParamsOpt = Annotated[
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+# The pipeline, in order: each stage is mlplatform.<name>.run(params, paths).
+STAGES = ["ingest", "prepare", "tune", "train", "evaluate"]
+
+
 def _setup(params_path: Path):
     from mlplatform.config import Paths, load_params
 
@@ -73,6 +77,17 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     from mlplatform import evaluate as stage
 
     stage.run(*_setup(params))
+
+
+@app.command()
+def pipeline(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Run every stage in order without DVC (what `mlflow run .` does; prefer `dvc repro`)."""
+    import importlib
+
+    loaded = _setup(params)
+    for name in STAGES:
+        typer.secho(f"== {name}", bold=True, err=True)
+        importlib.import_module(f"mlplatform.{name}").run(*loaded)
 
 
 @app.command("next-steps")
