@@ -30,7 +30,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 # The pipeline, in order: each stage is mlplatform.<name>.run(params, paths).
-STAGES = ["ingest", "prepare", "tune", "train", "evaluate"]
+STAGES = ["ingest", "prepare", "tune", "train", "evaluate", "explain", "card"]
 
 
 def _setup(params_path: Path):
@@ -75,6 +75,22 @@ def train(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Score the logged model on the test set; write reports/metrics.json and plots."""
     from mlplatform import evaluate as stage
+
+    stage.run(*_setup(params))
+
+
+@app.command()
+def explain(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """SHAP explanations of a stratified test sample, summed back to source columns."""
+    from mlplatform import explain as stage
+
+    stage.run(*_setup(params))
+
+
+@app.command()
+def card(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Render the model card (Markdown + self-contained HTML) and attach it to the run."""
+    from mlplatform import card as stage
 
     stage.run(*_setup(params))
 

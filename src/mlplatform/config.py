@@ -42,6 +42,7 @@ class Paths:
         self.explain = self.reports / "explain"
         self.card_md = self.reports / "model_card.md"
         self.card_html = self.reports / "model_card.html"
+        self.card_json = self.reports / "card.json"
         self.registration = self.reports / "registration.json"
         self.promotion = self.reports / "promotion.json"
         self.model = r / "models" / "model"
@@ -175,6 +176,7 @@ class TrainConfig(Strict):
 
 
 class ExplainConfig(Strict):
+    method: Literal["auto", "tree", "linear", "permutation"] = "auto"
     sample_size: Annotated[int, Field(gt=0)] = 500
     background_size: Annotated[int, Field(gt=0)] = 100
     time_budget_s: Annotated[float, Field(gt=0)] = 300
@@ -183,9 +185,11 @@ class ExplainConfig(Strict):
 
 
 class FairnessLimits(Strict):
-    demographic_parity_max: Annotated[float, Field(ge=0, le=1)] = 0.10
-    equal_opportunity_max: Annotated[float, Field(ge=0, le=1)] = 0.10
-    equalized_odds_max: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Largest allowed gap between groups; None reports the gap without a verdict."""
+
+    demographic_parity_max: Annotated[float, Field(ge=0, le=1)] | None = None
+    equal_opportunity_max: Annotated[float, Field(ge=0, le=1)] | None = 0.15
+    equalized_odds_max: Annotated[float, Field(ge=0, le=1)] | None = 0.15
     min_group_size: Annotated[int, Field(ge=1)] = 30
 
 

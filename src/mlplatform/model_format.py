@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform.errors import ModelError
 from mlplatform.schema import ColumnSpec, coerce
 
 FORMAT_VERSION = 1
@@ -61,7 +62,7 @@ def probability_column(cls: Any) -> str:
     return f"{PROBA_PREFIX}{cls}"
 
 
-class ModelFormatError(Exception):
+class ModelFormatError(ModelError):
     """The model folder is not one this version can load."""
 
 
@@ -309,10 +310,24 @@ def _load_pyfunc(data_path: str) -> TabularModel:
 
 
 def load(model_dir: Path | str) -> TabularModel:
-    """Load a saved model folder (the MLflow model directory) without going through pyfunc."""
+    """Load an MLflow model directory (or its data folder) without going through pyfunc.
+
+    Raises:
+        ModelFormatError: not a model this package wrote.
+    """
+    import yaml
+
     model_dir = Path(model_dir)
-    folder = model_dir / DATA_DIR if (model_dir / DATA_DIR).is_dir() else model_dir
-    return TabularModel(folder)
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        pyfunc = flavor.get("python_function", {})
+        if pyfunc.get("loader_module") != LOADER_MODULE:
+            raise ModelFormatError(
+                f"{mlmodel}: not an mlplatform model (loader {pyfunc.get('loader_module')!r})"
+            )
+        return TabularModel(model_dir / pyfunc["data"])
+    return TabularModel(model_dir)
 
 
 def write_folder(

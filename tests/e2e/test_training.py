@@ -144,8 +144,18 @@ def test_model_directory_has_no_pickles(trained_project):
 def test_metrics_report(trained_project):
     report = json.loads((trained_project / "reports/metrics.json").read_text())
     test = report["test"]
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision",
-                "log_loss", "brier", "confusion_matrix", "threshold"):
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "average_precision",
+        "log_loss",
+        "brier",
+        "confusion_matrix",
+        "threshold",
+    ):
         assert key in test
     assert sum(map(sum, test["confusion_matrix"])) == test["n_rows"]
     for name in ("roc", "precision_recall", "calibration", "confusion_matrix"):
@@ -156,7 +166,11 @@ def test_same_inputs_same_metrics(trained_project, tmp_path):
     """A second fresh run with the same seed, data and params gives identical metrics."""
     other = write_project(tmp_path / "again")
     run_stages(other, *TRAIN_STAGES)
-    for rel in ("reports/metrics.json", "data/prepared/train.parquet", "data/prepared/test.parquet"):
+    for rel in (
+        "reports/metrics.json",
+        "data/prepared/train.parquet",
+        "data/prepared/test.parquet",
+    ):
         assert (other / rel).read_bytes() == (trained_project / rel).read_bytes(), rel
     a = json.loads((trained_project / "reports/tune.json").read_text())
     b = json.loads((other / "reports/tune.json").read_text())
@@ -190,8 +204,13 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
         },
     )
     run_stages(project, "ingest", "prepare")
-    proc = subprocess.Popen([str(CLI), "tune"], cwd=project, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(CLI), "tune"],
+        cwd=project,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed_during: int | None = None
     deadline = time.time() + 240
     try:
@@ -207,8 +226,11 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
     finally:
         proc.wait(timeout=30)
     assert killed_during is not None, "the search ended before it could be killed"
-    before = {t.number: (t.state, t.value, t.params) for t in _journal_trials(project)
-              if t.state.is_finished()}
+    before = {
+        t.number: (t.state, t.value, t.params)
+        for t in _journal_trials(project)
+        if t.state.is_finished()
+    }
 
     run_cli(project, "tune")  # resumes the same study
 
@@ -220,8 +242,11 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
     assert killed.state == optuna.trial.TrialState.FAIL
     assert killed.user_attrs.get("interrupted") is True
     # Finished trials were not run again: exactly n_trials finished, plus the killed one.
-    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                 optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t
+        for t in trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) == 14
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed_during]
     assert len(retries) == 1 and retries[0].params == killed.params
@@ -232,8 +257,7 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
     tune = json.loads((project / "reports/tune.json").read_text())
     parent = client.get_run(tune["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    children = _runs(client, exp.experiment_id,
-                     f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = _runs(client, exp.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_number: dict[int, list] = {}
     for run in children:
         by_number.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)

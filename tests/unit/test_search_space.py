@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import make_params
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from conftest import make_params
 from mlplatform import search_space
 from mlplatform.config import parse_params
 from mlplatform.errors import ConfigError
@@ -100,9 +100,34 @@ def test_unknown_hyperparameter_names_key_path():
 
 def test_invalid_range_names_key_path():
     # Optuna refuses a stepped log-scale float range.
-    cfg = tune_cfg({"xgboost": {"learning_rate": {"low": 0.1, "high": 1.0, "log": True, "step": 0.1}}})
+    cfg = tune_cfg(
+        {"xgboost": {"learning_rate": {"low": 0.1, "high": 1.0, "log": True, "step": 0.1}}}
+    )
     with pytest.raises(ConfigError, match=r"^tune\.families\.xgboost\.learning_rate: "):
         search_space.parse(cfg)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason=(
+        "BUG: DistributionSpec accepts an explicit `type` that contradicts the other "
+        "fields (type int/float with choices, type categorical with low/high); "
+        "search_space.to_distribution then calls int(None)/float(None)/len(None) and "
+        "a raw TypeError escapes instead of a ConfigError naming the key path"
+    ),
+)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "int", "choices": [2, 4]},
+        {"type": "float", "choices": [0.1, 0.2]},
+        {"type": "categorical", "low": 2, "high": 6},
+    ],
+)
+def test_contradictory_type_is_a_config_error(spec):
+    with pytest.raises(ConfigError, match=r"tune\.families\.xgboost\.max_depth"):
+        search_space.parse(tune_cfg({"xgboost": {"max_depth": spec}}))
 
 
 def _trial_for(family: str) -> optuna.Trial:
