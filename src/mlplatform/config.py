@@ -111,6 +111,10 @@ class DistributionSpec(Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> DistributionSpec:
+        if self.type == "categorical" and self.choices is None:
+            raise ValueError("type categorical needs choices")
+        if self.type in ("int", "float") and self.choices is not None:
+            raise ValueError(f"type {self.type} needs low and high, not choices")
         if self.choices is not None:
             if self.low is not None or self.high is not None:
                 raise ValueError("give either choices or low/high, not both")

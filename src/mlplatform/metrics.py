@@ -144,15 +144,22 @@ def choose_threshold(y: np.ndarray, p_pos: np.ndarray, cfg: ThresholdConfig) -> 
 
 
 def evaluate(
-    y: np.ndarray, proba: np.ndarray, classes: list[Any], threshold: float | None
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: list[Any],
+    threshold: float | None,
+    pred: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every figure the evaluation reports, at the chosen threshold for binary problems.
+
+    ``pred`` (class indices) overrides the labels derived from proba and threshold, for
+    models that decide their classes themselves.
 
     Returns:
         A JSON-ready dict: headline metrics, the confusion matrix (rows: true, columns:
         predicted, in class order) and, for multiclass, per-class and averaged figures.
     """
-    pred = _labels(proba, threshold)
+    pred = _labels(proba, threshold) if pred is None else np.asarray(pred)
     k = _n_classes(proba)
     out: dict[str, Any] = {
         "n_rows": len(y),

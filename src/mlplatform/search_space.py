@@ -22,6 +22,7 @@ from mlplatform.config import DistributionSpec, TuneConfig
 from mlplatform.errors import ConfigError
 
 FAMILY_PARAM = "family"
+NO_FAMILY = "(not sampled)"
 
 # Hyperparameters each family accepts, so a typo in params.yaml fails before the search.
 KNOWN: dict[str, set[str]] = {
@@ -120,7 +121,9 @@ def plain_params(
     With ``spaces``, the family's fixed (not searched) values are filled in too, which is
     what a refit needs.
     """
-    family = params[FAMILY_PARAM]
+    family = params.get(FAMILY_PARAM)
+    if family is None:  # a trial that died before its family was drawn
+        return NO_FAMILY, {}
     prefix = f"{family}."
     values = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
     if spaces is not None:

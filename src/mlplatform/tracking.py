@@ -78,13 +78,16 @@ def setup(params: Params) -> tuple[Any, str]:
 
 def user(params: Params) -> str:
     """Who is acting: params, then MLPLATFORM_USER, then the login name."""
-    return (
-        params.mlflow.user
-        or os.environ.get("MLPLATFORM_USER")
-        or os.environ.get("USER")
-        or os.environ.get("LOGNAME")
-        or "unknown"
-    )
+    return params.mlflow.user or os.environ.get("MLPLATFORM_USER") or _login_name()
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 # --------------------------------------------------------------------------------------

@@ -107,16 +107,6 @@ def test_invalid_range_names_key_path():
         search_space.parse(cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "BUG: DistributionSpec accepts an explicit `type` that contradicts the other "
-        "fields (type int/float with choices, type categorical with low/high); "
-        "search_space.to_distribution then calls int(None)/float(None)/len(None) and "
-        "a raw TypeError escapes instead of a ConfigError naming the key path"
-    ),
-)
 @pytest.mark.parametrize(
     "spec",
     [

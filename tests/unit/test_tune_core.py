@@ -481,16 +481,6 @@ def test_reconcile_keeps_finished_runs(tracked):
     assert _child_runs(t)[0].data.tags["optuna.trial_number"] == str(number)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "BUG: reconcile() -> trial_record() -> search_space.plain_params() reads "
-        "trial.params['family'] unconditionally; a trial that ended before drawing its "
-        "family (interrupted between study.ask() and the first suggest) raises "
-        "KeyError: 'family', and the study can then never be resumed"
-    ),
-)
 def test_reconcile_trial_interrupted_before_drawing_family(tracked):
     t = tracked
     _finished_trial(t, TrialState.COMPLETE)
