@@ -23,6 +23,8 @@ from typing import Any, Literal
 from mlplatform.config import PromotionConfig
 
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+# Thresholds compare with a little slack, so a drop of exactly 2.0% is not read as 2.0000001%.
+_EPS = 1e-9
 Outcome = Literal["pass", "fail", "review", "approve", "info"]
 Decision = Literal["approve", "reject", "review"]
 
@@ -68,7 +70,10 @@ class Verdict:
 def relative_change(metric: str, candidate: float, champion: float) -> float:
     """Signed relative improvement (positive = better), whatever the metric's direction."""
     if champion == 0:
-        return 0.0 if candidate == 0 else float("inf")
+        if candidate == 0:
+            return 0.0
+        better = candidate < 0 if metric in LOWER_IS_BETTER else candidate > 0
+        return float("inf") if better else float("-inf")
     change = (candidate - champion) / abs(champion)
     return -change if metric in LOWER_IS_BETTER else change
 
@@ -145,12 +150,14 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
                 f"({champ.error}); a person must compare",
             )
         ]
+    if primary not in c.metrics:
+        return [Rule("primary_drop", "fail", f"candidate has no {primary} to compare")]
     rules: list[Rule] = []
     rel = relative_change(primary, c.metrics[primary], champ.metrics[primary])
     detail = (
         f"{primary} {c.metrics[primary]:.4f} vs champion {champ.metrics[primary]:.4f} ({rel:+.2%})"
     )
-    if rel < -cfg.reject_drop:
+    if rel < -cfg.reject_drop - _EPS:
         rules.append(
             Rule(
                 "primary_drop",
@@ -162,7 +169,7 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
         )
         return rules
     rules.append(Rule("primary_drop", "pass", detail, rel, -cfg.reject_drop))
-    if rel > cfg.suspicious_gain:
+    if rel > cfg.suspicious_gain + _EPS:
         rules.append(
             Rule(
                 "suspicious_gain",
@@ -175,7 +182,7 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
         )
     if c.latency_ms is not None and champ.latency_ms:
         lat = c.latency_ms / champ.latency_ms - 1
-        outcome: Outcome = "review" if lat >= cfg.max_latency_increase else "pass"
+        outcome: Outcome = "review" if lat >= cfg.max_latency_increase - _EPS else "pass"
         rules.append(
             Rule(
                 "latency",
@@ -203,7 +210,7 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
         and m in champ.metrics
         and relative_change(m, c.metrics[m], champ.metrics[m]) > 0
     ]
-    if rel >= cfg.approve_gain:
+    if rel >= cfg.approve_gain - _EPS:
         rules.append(
             Rule(
                 "improvement",
@@ -213,7 +220,7 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
                 cfg.approve_gain,
             )
         )
-    elif abs(rel) <= cfg.tie_band and improved:
+    elif abs(rel) <= cfg.tie_band + _EPS and improved:
         rules.append(
             Rule(
                 "improvement",

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.errors import ModelError
-from mlplatform.schema import ColumnSpec, coerce
+from mlplatform.schema import ColumnSpec, coerce, coerce_arrays
 
 FORMAT_VERSION = 1
 DATA_DIR = "mlplatform_model"
@@ -143,12 +143,14 @@ class CompiledPreprocessor:
             offset += width
         return {"cols": cols, "lookups": lookups, "defaults": defaults, "width": offset}
 
-    def transform(self, canonical: pd.DataFrame) -> np.ndarray:
-        n = len(canonical)
+    def transform(self, canonical: Any) -> np.ndarray:
+        """Canonical columns (a DataFrame or a dict of arrays) -> model matrix."""
+        n = len(canonical[next(iter(canonical.keys()))]) if len(canonical.keys()) else 0
         parts = []
         for kind, b in self.blocks:
             if kind == "num":
-                x = canonical[b["cols"]].to_numpy(dtype=np.float64, copy=True)
+                x = np.column_stack([np.asarray(canonical[c], dtype=np.float64)
+                                     for c in b["cols"]])
                 missing = np.isnan(x)
                 if missing.any():
                     x = np.where(missing, b["stats"], x)
@@ -163,7 +165,7 @@ class CompiledPreprocessor:
                 out = np.zeros((n, b["width"]), dtype=np.float64)
                 rows = np.arange(n)
                 for col, table, default in zip(b["cols"], b["lookups"], b["defaults"], strict=True):
-                    values = canonical[col].to_numpy()
+                    values = np.asarray(canonical[col], dtype=object)
                     idx = np.fromiter((table.get(v, default) for v in values), np.int64, n)
                     hit = idx >= 0
                     out[rows[hit], idx[hit]] = 1.0
@@ -223,9 +225,10 @@ class TabularModel:
 
     def transform(self, raw: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Raw records -> model matrix, and per column the rows whose values were unreadable."""
-        canonical, invalid = coerce(raw, self.specs)
         if self.compiled is not None:
-            return self.compiled.transform(canonical), invalid
+            arrays, invalid = coerce_arrays(raw, self.specs)
+            return self.compiled.transform(arrays), invalid
+        canonical, invalid = coerce(raw, self.specs)
         return np.asarray(self.preprocessor.transform(canonical), dtype=np.float64), invalid
 
     def predict_matrix(self, x: np.ndarray) -> np.ndarray:

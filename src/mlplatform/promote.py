@@ -298,7 +298,9 @@ def promote(
                 },
             )
             for v in {version, champion} - {None}:
-                refresh_description(params, paths, client, v, local=(v == version))
+                refresh_description(
+                    params, paths, client, v, local=_is_local(paths, client, name, v)
+                )
         else:
             record["champion_after"] = champion
     payload = {
@@ -318,6 +320,14 @@ def promote(
         " [dry run: registry unchanged]" if dry_run else "",
     )
     return payload
+
+
+def _is_local(paths: Paths, client: Any, name: str, version: str) -> bool:
+    """Was this version trained in this project (so reports/ hold its card)?"""
+    if not paths.train_report.exists():
+        return False
+    run_id = read_json(paths.train_report)["run_id"]
+    return registry.get_version(client, name, version).run_id == run_id
 
 
 def _figures_dict(f: gates.Figures) -> dict[str, Any]:
@@ -403,7 +413,7 @@ def review(
             },
         )
         for v in {str(version), before.get(registry.CHAMPION)} - {None}:
-            refresh_description(params, paths, client, v)
+            refresh_description(params, paths, client, v, local=_is_local(paths, client, name, v))
     log.info("review of %s v%s by %s: %s", name, version, reviewer, decision)
     return {**record, "aliases_before": before, "aliases_after": after}
 
@@ -445,7 +455,7 @@ def rollback(params: Params, paths: Paths, *, actor: str | None, reason: str) ->
                 client, name, current, {"rolled_back.at": record["when"], "rolled_back.by": who}
             )
         for v in {previous, current} - {None}:
-            refresh_description(params, paths, client, v)
+            refresh_description(params, paths, client, v, local=_is_local(paths, client, name, v))
     log.info("rolled back %s: champion v%s -> v%s", name, current, previous)
     return {**record, "aliases_before": before, "aliases_after": after}
 

@@ -82,7 +82,8 @@ def lock(uri: str, model_name: str, state_dir: Path, timeout_s: float = 300) -> 
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute("SET lock_timeout = %s", (f"{int(timeout_s * 1000)}ms",))
+                # 0 would disable the timeout in PostgreSQL: wait at least 1 ms.
+                cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
                 try:
                     cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(model_name),))
                 except psycopg2.errors.LockNotAvailable:
@@ -212,21 +213,46 @@ def _audit_experiment(client: Any, model_name: str) -> str:
     return exp.experiment_id
 
 
-def history(client: Any, model_name: str) -> list[dict[str, Any]]:
-    """Every recorded event for the model, oldest first."""
+def _audit_runs(client: Any, model_name: str) -> list[Any]:
     exp = client.get_experiment_by_name(audit_experiment_name(model_name))
     if exp is None:
         return []
-    runs = client.search_runs(
+    return client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{AUDIT_TAG}` = 'true'", max_results=50_000
     )
+
+
+def history(client: Any, model_name: str) -> list[dict[str, Any]]:
+    """Every recorded event for the model, oldest first.
+
+    Records come from the audit runs' ``record`` tag (shortened if needed; the whole record
+    is the run's record.json).
+    """
     records = []
-    for run in runs:
+    for run in _audit_runs(client, model_name):
         try:
             records.append(json.loads(run.data.tags["record"]))
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, json.JSONDecodeError):  # never written by append(); skip
             continue
     return sorted(records, key=lambda r: r["seq"])
+
+
+def _compact(record: dict[str, Any], limit: int = 7900) -> str:
+    """The record as JSON within MLflow's tag limit: drop bulky parts, then shorten text."""
+    text = json.dumps(record, sort_keys=True, default=str)
+    if len(text) <= limit:
+        return text
+    small = {k: v for k, v in record.items() if k not in ("rules", "candidate", "champion")}
+    small["shortened"] = True
+    if isinstance(small.get("reason"), str) and len(small["reason"]) > 1000:
+        small["reason"] = small["reason"][:1000] + "..."
+    text = json.dumps(small, sort_keys=True, default=str)
+    if len(text) > limit:  # unusually long free text elsewhere: keep the essentials
+        keep = ("seq", "when", "action", "version", "decision", "actor", "champion_before",
+                "champion_after", "model_name", "dry_run")
+        text = json.dumps({**{k: small.get(k) for k in keep}, "shortened": True},
+                          sort_keys=True, default=str)
+    return text
 
 
 def append(client: Any, model_name: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -237,13 +263,10 @@ def append(client: Any, model_name: str, record: dict[str, Any]) -> dict[str, An
     from mlflow.entities import RunTag
 
     exp_id = _audit_experiment(client, model_name)
-    record = {**record, "seq": len(history(client, model_name)) + 1}
+    # Counted from the runs themselves, so a record can never reuse a sequence number.
+    record = {**record, "seq": len(_audit_runs(client, model_name)) + 1}
     record.setdefault("when", now_iso())
-    compact = json.dumps(record, sort_keys=True, default=str)
-    if len(compact) > 8000:
-        small = {k: v for k, v in record.items() if k != "rules"}
-        small["rules_in_artifact"] = True
-        compact = json.dumps(small, sort_keys=True, default=str)
+    compact = _compact(record)
     run = client.create_run(
         exp_id, run_name=f"{record['seq']:04d}-{record['action']}-v{record.get('version')}"
     )

@@ -116,45 +116,63 @@ def make_spec(series: pd.Series, kind: ColumnKind) -> ColumnSpec:
 # Coercion: raw values -> canonical model inputs. Each returns (values, invalid_mask).
 
 
+# Per-request cost matters (a served model coerces every request), so these work on numpy
+# arrays and map each distinct value once (pd.factorize) instead of using pandas string ops.
+
+_BOOL_VALUE = {**dict.fromkeys(TRUE_TOKENS, 1.0), **dict.fromkeys(FALSE_TOKENS, 0.0)}
+
+
+def _no_invalid(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=bool)
+
+
 def _numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    if pd.api.types.is_bool_dtype(values):
-        out = values.astype("float64").to_numpy()
-        return out, np.zeros(len(out), dtype=bool)
-    if pd.api.types.is_numeric_dtype(values):
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         out = values.to_numpy(dtype="float64", na_value=np.nan)
-        return out, np.zeros(len(out), dtype=bool)
-    out = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    invalid = np.isnan(out) & values.notna().to_numpy()
-    return out, invalid
+        return out, _no_invalid(len(out))
+    raw = values.to_numpy(dtype=object)
+    try:
+        out = raw.astype("float64")  # numbers, numeric text, None -> NaN
+        return out, _no_invalid(len(out))
+    except (TypeError, ValueError):
+        out = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        return out, np.isnan(out) & values.notna().to_numpy()
+
+
+def _mapped(values: pd.Series, fn, missing: Any, dtype: Any) -> np.ndarray:
+    """fn applied to each distinct non-missing value; missing values become ``missing``."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    table = np.empty(len(uniques) + 1, dtype=dtype)
+    table[:-1] = [fn(u) for u in uniques]
+    table[-1] = missing
+    return table[codes]  # code -1 (missing) picks the last entry
+
+
+def _bool_of(value: Any) -> float:
+    if isinstance(value, bool | np.bool_):
+        return float(value)
+    return _BOOL_VALUE.get(str(value).strip().lower(), np.nan)
 
 
 def _boolean(values: pd.Series, spec: ColumnSpec) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         return _numeric(values)
-    out = np.full(len(values), np.nan)
-    present = values.notna().to_numpy()
-    tokens = values[present].astype(str).str.strip().str.lower()
-    out[present] = tokens.isin(TRUE_TOKENS).to_numpy().astype("float64")
     # Unknown tokens are read as missing (and imputed), like an unseen category.
-    known = tokens.isin(TRUE_TOKENS | FALSE_TOKENS).to_numpy()
-    out[np.flatnonzero(present)[~known]] = np.nan
-    return out, np.zeros(len(values), dtype=bool)
+    return _mapped(values, _bool_of, np.nan, np.float64), _no_invalid(len(values))
+
+
+def _category_of(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        # 5.0 and 5 must be the same category whether a client sends an int or a float;
+        # exact integers only (|x| < 2**53), larger floats keep their float spelling.
+        if np.isfinite(value) and value == round(value) and abs(value) < 2.0**53:
+            return str(int(value))
+        return str(float(value))
+    return str(value)
 
 
 def _categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    present = values.notna().to_numpy()
-    out = np.full(len(values), MISSING, dtype=object)
-    if pd.api.types.is_float_dtype(values):
-        # 5.0 and 5 must be the same category whether a client sends an int or a float.
-        raw = values[present].to_numpy()
-        # Exact integers only (|x| < 2**53); larger floats keep their float spelling.
-        integral = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**53)
-        as_int = np.where(integral, raw, 0).astype("int64").astype(str)
-        text = np.where(integral, as_int, raw.astype(str))
-        out[present] = text
-    else:
-        out[present] = values[present].astype(str).to_numpy()
-    return out, np.zeros(len(values), dtype=bool)
+    return _mapped(values, _category_of, MISSING, object), _no_invalid(len(values))
 
 
 def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -175,21 +193,11 @@ def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return parts, invalid
 
 
-def coerce(
+def coerce_arrays(
     frame: pd.DataFrame, specs: list[ColumnSpec]
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Turn raw records into the canonical frame the preprocessing pipeline was fitted on.
-
-    Args:
-        frame: raw records; must contain every column in specs.
-        specs: the model's input columns.
-
-    Returns:
-        The canonical frame (one column per feature name) and, per raw column, a boolean mask
-        of rows whose value could not be read as the column's kind (for example text in a
-        numeric column). Invalid values are set to missing in the canonical frame.
-    """
-    out: dict[str, Any] = {}
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw records -> canonical columns as numpy arrays (see ``coerce``)."""
+    out: dict[str, np.ndarray] = {}
     invalid: dict[str, np.ndarray] = {}
     for spec in specs:
         values = frame[spec.name]
@@ -205,7 +213,25 @@ def coerce(
                 out[f"{spec.name}__{part}"] = arr
         if bad.any():
             invalid[spec.name] = bad
-    return pd.DataFrame(out, index=frame.index), invalid
+    return out, invalid
+
+
+def coerce(
+    frame: pd.DataFrame, specs: list[ColumnSpec]
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Turn raw records into the canonical frame the preprocessing pipeline was fitted on.
+
+    Args:
+        frame: raw records; must contain every column in specs.
+        specs: the model's input columns.
+
+    Returns:
+        The canonical frame (one column per feature name) and, per raw column, a boolean mask
+        of rows whose value could not be read as the column's kind (for example text in a
+        numeric column). Invalid values are set to missing in the canonical frame.
+    """
+    arrays, invalid = coerce_arrays(frame, specs)
+    return pd.DataFrame(arrays, index=frame.index), invalid
 
 
 def numeric_feature_names(specs: list[ColumnSpec]) -> list[str]:
