@@ -87,8 +87,8 @@ def run_cli(project: Path, *args: str, check: bool = True, env=None, timeout=900
 
 
 def run_stages(project: Path, *stages: str) -> None:
-    for stage in stages:
-        run_cli(project, stage)
+    """Run stages in one CLI process (`mlplatform pipeline --stages ...`)."""
+    run_cli(project, "pipeline", "--stages", ",".join(stages))
 
 
 def tracking_uri(project: Path) -> str:

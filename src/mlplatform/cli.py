@@ -213,12 +213,27 @@ def history(
 
 
 @app.command()
-def pipeline(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Run every stage in order without DVC (what `mlflow run .` does; prefer `dvc repro`)."""
+def pipeline(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    stages: Annotated[
+        str | None,
+        typer.Option(help="comma-separated subset, run in pipeline order (default: all)"),
+    ] = None,
+) -> None:
+    """Run the stages in one process without DVC (what `mlflow run .` does; prefer `dvc repro`)."""
     import importlib
 
+    chosen = STAGES
+    if stages:
+        wanted = [s.strip() for s in stages.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STAGES]
+        if unknown:
+            raise MlplatformError(
+                f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})"
+            )
+        chosen = [s for s in STAGES if s in wanted]
     loaded = _setup(params)
-    for name in STAGES:
+    for name in chosen:
         typer.secho(f"== {name}", bold=True, err=True)
         if name in ("register", "promote"):
             getattr(importlib.import_module("mlplatform.promote"), name)(*loaded)

@@ -149,8 +149,7 @@ class CompiledPreprocessor:
         parts = []
         for kind, b in self.blocks:
             if kind == "num":
-                x = np.column_stack([np.asarray(canonical[c], dtype=np.float64)
-                                     for c in b["cols"]])
+                x = np.column_stack([np.asarray(canonical[c], dtype=np.float64) for c in b["cols"]])
                 missing = np.isnan(x)
                 if missing.any():
                     x = np.where(missing, b["stats"], x)

@@ -248,10 +248,21 @@ def _compact(record: dict[str, Any], limit: int = 7900) -> str:
         small["reason"] = small["reason"][:1000] + "..."
     text = json.dumps(small, sort_keys=True, default=str)
     if len(text) > limit:  # unusually long free text elsewhere: keep the essentials
-        keep = ("seq", "when", "action", "version", "decision", "actor", "champion_before",
-                "champion_after", "model_name", "dry_run")
-        text = json.dumps({**{k: small.get(k) for k in keep}, "shortened": True},
-                          sort_keys=True, default=str)
+        keep = (
+            "seq",
+            "when",
+            "action",
+            "version",
+            "decision",
+            "actor",
+            "champion_before",
+            "champion_after",
+            "model_name",
+            "dry_run",
+        )
+        text = json.dumps(
+            {**{k: small.get(k) for k in keep}, "shortened": True}, sort_keys=True, default=str
+        )
     return text
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TRAIN_STAGES, client_for, run_cli, run_stages, write_project
 from sklearn.datasets import load_wine
+
+from conftest import TRAIN_STAGES, client_for, run_stages, write_project
 
 SECTIONS = (
     "Model details",
@@ -79,8 +80,7 @@ def _check_additivity(table: pd.DataFrame, prefix: str = "") -> None:
 @pytest.fixture(scope="module")
 def hmda(trained_project) -> Path:
     """explain + card once on the shared project (adds outputs only; params untouched)."""
-    run_cli(trained_project, "explain")
-    run_cli(trained_project, "card")
+    run_stages(trained_project, "explain", "card")
     return trained_project
 
 
@@ -189,17 +189,21 @@ def wine_project(folder: Path, sensitive: list[str]) -> Path:
     )
 
 
+# ingest, prepare, tune, train, evaluate, explain, card (run_stages: one CLI process).
+STAGES = (*TRAIN_STAGES, "explain", "card")
+
+
 @pytest.fixture(scope="module")
 def wine(tmp_path_factory) -> Path:
     project = wine_project(tmp_path_factory.mktemp("wine"), ["region"])
-    run_stages(project, *TRAIN_STAGES, "explain", "card")
+    run_stages(project, *STAGES)
     return project
 
 
 @pytest.fixture(scope="module")
 def wine_unaudited(tmp_path_factory) -> Path:
     project = wine_project(tmp_path_factory.mktemp("wine_plain"), [])
-    run_stages(project, *TRAIN_STAGES, "card")
+    run_stages(project, *STAGES)
     return project
 
 
@@ -276,7 +280,14 @@ def test_no_sensitive_features_card_says_fairness_not_assessed(wine_unaudited):
     assert "No sensitive features declared" in fair
     assert "fairness was not assessed" in fair
     assert "No sensitive features declared" in html
-    # No explain stage run here: the card says so rather than failing.
-    assert "Explanations have not been computed" in md
-    # region is an ordinary feature when not declared sensitive.
+    assert "there are no subgroups to report" in md
+    # region is an ordinary feature when not declared sensitive, and is explained as one
+    # source column (its three one-hot columns summed).
     assert "region" in {f["name"] for f in ctx["data"]["features"]}
+    table = pd.read_parquet(wine_unaudited / "reports" / "explain" / "shap_values.parquet")
+    assert [c for c in table.columns if c.endswith(":shap_region")] == [
+        f"{c}:shap_region" for c in sorted(CULTIVARS.values())
+    ]
+    assert not [c for c in table.columns if "region_" in c]
+    for cls in CULTIVARS.values():
+        _check_additivity(table, f"{cls}:")

@@ -7,8 +7,8 @@ import copy
 import re
 
 import pytest
-from conftest import make_params
 
+from conftest import make_params
 from mlplatform import card
 from mlplatform.config import parse_params
 
@@ -30,7 +30,14 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 DATA_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
-IMAGE_KEYS = ("roc", "precision_recall", "calibration", "confusion_matrix", "importance", "beeswarm")
+IMAGE_KEYS = (
+    "roc",
+    "precision_recall",
+    "calibration",
+    "confusion_matrix",
+    "importance",
+    "beeswarm",
+)
 
 
 def _metrics(value: float, passed: bool | None, limit: float | None) -> dict:
@@ -453,7 +460,8 @@ def test_multiclass_card_content():
     assert "brier" not in evaluation
     sub = _section(md, "Performance by subgroup")
     assert "| group | rows | accuracy | precision (macro) |" in sub
-    assert "too small to judge" in [line for line in sub.splitlines() if "| west |" in line][0]
+    west = next(line for line in sub.splitlines() if "| west |" in line)
+    assert "too small to judge" in west
     shap_section = _section(md, "Explanations (SHAP)")
     assert "(class barolo)" in shap_section and "(class grignolino)" in shap_section
 

@@ -17,7 +17,7 @@ from mlplatform.config import ExplainConfig, FeaturesConfig
 
 FAMILIES = ("xgboost", "random_forest", "logistic_regression")
 TASKS = ("binary", "multiclass")
-SOURCE_COLUMNS = ["income", "debt", "age", "member", "color"]
+SOURCE_COLUMNS = ["income", "debt", "age", "member", "color", "opened"]
 COLORS = ["red", "green", "blue", "teal", "gold"]
 N = 400
 # XGBoost computes in float32; everything else in float64.
@@ -25,7 +25,7 @@ TOL = {"xgboost": 1e-4, "random_forest": 1e-8, "logistic_regression": 1e-8}
 
 
 def make_frame(n: int = N, seed: int = 0) -> pd.DataFrame:
-    """Numeric columns with gaps, a yes/no column and a five-category column."""
+    """Numeric columns with gaps, a yes/no column, a five-category column and a date."""
     rng = np.random.default_rng(seed)
     income = rng.normal(50, 15, n)
     income[rng.random(n) < 0.1] = np.nan
@@ -34,8 +34,18 @@ def make_frame(n: int = N, seed: int = 0) -> pd.DataFrame:
     age = rng.integers(18, 80, n).astype(float)  # never missing
     member = pd.Series(rng.choice(["yes", "no"], n), dtype=object)
     color = pd.Series(rng.choice(COLORS, n, p=[0.3, 0.25, 0.2, 0.15, 0.1]), dtype=object)
+    opened = pd.Series(
+        pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 3000, n), unit="D")
+    ).dt.strftime("%Y-%m-%d")
     return pd.DataFrame(
-        {"income": income, "debt": debt, "age": age, "member": member, "color": color}
+        {
+            "income": income,
+            "debt": debt,
+            "age": age,
+            "member": member,
+            "color": color,
+            "opened": opened,
+        }
     )
 
 
@@ -45,7 +55,8 @@ def make_target(frame: pd.DataFrame, task: str, seed: int = 1) -> np.ndarray:
         -0.04 * np.nan_to_num(frame["income"].to_numpy(), nan=40.0)
         + 0.08 * np.nan_to_num(frame["debt"].to_numpy(), nan=20.0)
         + (frame["member"] == "no").to_numpy() * 0.8
-        + frame["color"].map({"red": 1.0, "green": -0.5, "blue": 0.0, "teal": 0.5, "gold": -1})
+        + frame["color"]
+        .map({"red": 1.0, "green": -0.5, "blue": 0.0, "teal": 0.5, "gold": -1})
         .to_numpy()
         .astype(float)
         + rng.normal(0, 0.7, len(frame))
@@ -59,9 +70,9 @@ def _fit(family: str, x: np.ndarray, y: np.ndarray):
     if family == "logistic_regression":
         return LogisticRegression(max_iter=2000, C=0.5).fit(x, y)
     if family == "random_forest":
-        return RandomForestClassifier(
-            n_estimators=15, max_depth=5, random_state=0, n_jobs=1
-        ).fit(x, y)
+        return RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0, n_jobs=1).fit(
+            x, y
+        )
     return xgb.XGBClassifier(
         n_estimators=20, max_depth=3, learning_rate=0.3, n_jobs=1, random_state=0
     ).fit(x, y)
@@ -179,6 +190,27 @@ def test_values_add_up_to_the_raw_output(explained):
     np.testing.assert_allclose(exp.values.sum(axis=1) + exp.base, expected, rtol=0, atol=tol)
 
 
+def test_rows_unlike_the_training_data_are_explained_additively(built):
+    """Unseen category, unknown yes/no token, gaps where training had none, a bad date."""
+    odd = pd.DataFrame(
+        {
+            "income": [np.nan, 1e6, 40.0],
+            "debt": [np.nan, 0.0, -5.0],
+            "age": [np.nan, 30.0, 200.0],
+            "member": [None, "maybe", "YES"],
+            "color": ["purple", None, "red"],
+            "opened": [None, "not a date", "2030-06-01"],
+        }
+    )
+    _, background = _sample_and_background(built)
+    exp = explain.explain(built.model, odd, background, ExplainConfig())
+    assert exp.values.shape == (3, len(SOURCE_COLUMNS), built.n_outputs)
+    x, _ = built.model.transform(odd)
+    tol = TOL[built.family]
+    np.testing.assert_allclose(exp.output, _expected_raw(built, x), rtol=0, atol=tol)
+    np.testing.assert_allclose(exp.values.sum(axis=1) + exp.base, exp.output, rtol=0, atol=tol)
+
+
 def test_raw_output_matches_the_estimator(built):
     sample, _ = _sample_and_background(built, n=30)
     x, _ = built.model.transform(sample)
@@ -242,6 +274,7 @@ def test_aggregated_columns_equal_the_sum_of_their_encoded_columns(which, reques
     assert sources.count("debt") == 2
     assert sources.count("age") == 1
     assert sources.count("member") == 1
+    assert sources.count("opened") == 4  # epoch days, month, day of week, hour
     idx = np.asarray(sources)
     for j, col in enumerate(exp.columns):
         expected = raw[:, idx == col, :].sum(axis=1)
