@@ -9,6 +9,7 @@ registered model version (registry descriptions are limited to 5,000 characters)
 from __future__ import annotations
 
 import base64
+import html
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,13 +48,31 @@ HEADLINE_MULTI = (
     "log_loss",
 )
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("mlplatform", "templates"),
-    autoescape=jinja2.select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    undefined=jinja2.StrictUndefined,
-)
+
+def _md_escape(value: Any) -> Any:
+    """Values from the data must not break Markdown tables."""
+    return value.replace("|", "\\|") if isinstance(value, str) else value
+
+
+def _html_escape(value: Any) -> Any:
+    """Values from the data must not become live HTML (or break tables) in the page."""
+    if value is None:
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return html.escape(text, quote=True).replace("|", "&#124;")
+
+
+def _environment(finalize) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("mlplatform", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=finalize,
+    )
+    env.filters["fmt"] = _fmt
+    return env
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -68,7 +87,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-_env.filters["fmt"] = _fmt
+# Markdown for files and descriptions; the same Markdown with HTML-escaped values for the page.
+_env = _environment(_md_escape)
+_html_env = _environment(_html_escape)
 
 
 def _image(path: Path) -> str | None:
@@ -240,16 +261,19 @@ def relative_images(paths: Paths) -> dict[str, str | None]:
     }
 
 
-def render_markdown(ctx: dict[str, Any], imgs: dict[str, str | None]) -> str:
+def render_markdown(
+    ctx: dict[str, Any], imgs: dict[str, str | None], for_html: bool = False
+) -> str:
     """The card as Markdown; ``imgs`` maps plot names to paths or data URIs (or None)."""
-    return _env.get_template("model_card.md.j2").render(**ctx, images=imgs)
+    env = _html_env if for_html else _env
+    return env.get_template("model_card.md.j2").render(**ctx, images=imgs)
 
 
 def render_html(ctx: dict[str, Any], imgs: dict[str, str | None]) -> str:
     """One self-contained page: the Markdown card with every image embedded."""
     import markdown
 
-    body = markdown.markdown(render_markdown(ctx, imgs), extensions=["tables"])
+    body = markdown.markdown(render_markdown(ctx, imgs, for_html=True), extensions=["tables"])
     title = ctx["model"]["name"] + (
         f" v{ctx['model']['version']}" if ctx["model"]["version"] else ""
     )

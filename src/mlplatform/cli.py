@@ -207,7 +207,7 @@ def history(
         change = f"{r.get('champion_before') or '-'}->{r.get('champion_after') or '-'}"
         typer.echo(
             f"{r['seq']:>3}  {r['when'][:19].replace('T', ' '):19}  {r['action']:8}  "
-            f"{str(r.get('version')):7}  {str(r.get('decision')):8}  {change:9}  "
+            f"{r.get('version')!s:7}  {r.get('decision')!s:8}  {change:9}  "
             f"{str(r.get('actor'))[:12]:12}  {(r.get('reason') or '')[:80]}"
         )
 

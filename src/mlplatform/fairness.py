@@ -117,6 +117,7 @@ def assess(
     Only groups with at least ``limits.min_group_size`` rows count; with fewer than two such
     groups the verdict is "not assessed".
     """
+    groups = np.asarray([str(g) for g in groups], dtype=object)
     sizes = pd.Series(groups).value_counts()
     judged = sorted(str(g) for g, n in sizes.items() if n >= limits.min_group_size)
     small = sorted(str(g) for g, n in sizes.items() if n < limits.min_group_size)
@@ -150,7 +151,7 @@ def assess(
             # None: reported only, no verdict.
             "passed": None
             if limit_of[name] is None
-            else bool(np.isfinite(value) and value <= limit_of[name]),
+            else bool(np.isfinite(value) and value <= limit_of[name] + 1e-9),
         }
         for name, value in gaps.items()
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import CLI, cli_env, client_for, run_cli, run_stages, write_project
 
 pytestmark = pytest.mark.e2e
@@ -202,6 +203,7 @@ def test_history_is_complete_and_ordered(project):
 def test_concurrent_promotions_leave_one_champion_and_full_history(project):
     """Two `promote` processes at once, on a fresh registered model with two versions."""
     import mlflow
+
     from conftest import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(project))  # MLflow resolves models:/ URIs globally

@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import (
     CLI,
     TRAIN_STAGES,

@@ -504,12 +504,6 @@ def test_html_title():
     assert "<title>Model card: credit-risk</title>" in html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render_html passes data-derived strings (group values, feature names) through "
-    "Markdown unescaped: raw HTML in a category value ends up as live markup in the card, "
-    "including external URLs, so the page is neither safe nor self-contained",
-)
 def test_html_escapes_values_that_come_from_the_data():
     ctx = binary_context()
     evil = '<img src="https://evil.example/x.png">'
