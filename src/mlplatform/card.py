@@ -217,8 +217,7 @@ def build_context(
             "run_id": trained["run_id"],
             "tune_run_id": tuned["parent_run_id"],
             "study_name": tuned["study_name"],
-            "params_hash": params.section_hash(),
-            "git_commit": _git_commit(params, trained["run_id"]),
+            **_run_lineage(params, trained["run_id"]),
             "seed": params.seed,
         },
         "approvals": approvals or [],
@@ -227,14 +226,19 @@ def build_context(
     return ctx
 
 
-def _git_commit(params: Params, run_id: str) -> str | None:
+def _run_lineage(params: Params, run_id: str) -> dict[str, Any]:
+    """Git commit and params hash as recorded on the training run (not today's params)."""
     try:
         from mlplatform import tracking
 
         client, _ = tracking.setup(params)
-        return client.get_run(run_id).data.tags.get("mlflow.source.git.commit")
+        tags = client.get_run(run_id).data.tags
     except Exception:  # the card renders without the store
-        return None
+        tags = {}
+    return {
+        "git_commit": tags.get("mlflow.source.git.commit"),
+        "params_hash": tags.get("mlplatform.params_hash", params.section_hash()),
+    }
 
 
 def image_files(paths: Paths) -> dict[str, Path]:

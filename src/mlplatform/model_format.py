@@ -212,7 +212,9 @@ class TabularModel:
                 # One thread: deterministic sums and no pool start-up per request.
                 self.estimator.set_params(n_jobs=1)
         self.set_threads(int(os.environ.get("MLPLATFORM_PREDICT_THREADS", "1")))
-        self.output_columns = [PREDICTION, *[probability_column(c) for c in self.classes]]
+        self._proba_names = [probability_column(c) for c in self.classes]
+        self._class_array = np.asarray(self.classes, dtype=object)
+        self.output_columns = [PREDICTION, *self._proba_names]
 
     def set_threads(self, n: int) -> None:
         if self.booster is not None:
@@ -251,14 +253,11 @@ class TabularModel:
         return proba.argmax(axis=1)
 
     def to_frame(self, proba: np.ndarray, index: Any = None) -> pd.DataFrame:
-        classes = np.asarray(self.classes, dtype=object)
-        out = {PREDICTION: classes[self.labels(proba)]}
-        for i, c in enumerate(self.classes):
-            out[probability_column(c)] = proba[:, i].astype(np.float64)
-        frame = pd.DataFrame(out, index=index)
-        if all(isinstance(c, str) for c in self.classes):
-            frame[PREDICTION] = frame[PREDICTION].astype(object)
-        return frame
+        proba = np.asarray(proba, dtype=np.float64)
+        out = {PREDICTION: self._class_array[self.labels(proba)]}
+        for i, name in enumerate(self._proba_names):
+            out[name] = proba[:, i]
+        return pd.DataFrame(out, index=index, copy=False)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """The pyfunc entry point (``mlflow.pyfunc.load_model(...).predict``)."""

@@ -185,3 +185,32 @@ def test_coerce_keeps_the_index_and_ignores_extra_columns():
     out, _ = coerce(frame, specs)
     assert list(out.columns) == ["n", "c"]
     assert out.index.tolist() == [10, 20]
+
+
+def test_small_batch_path_equals_vectorised_path():
+    """Requests of a few rows take a per-value path; it must give the batch path's result."""
+    from mlplatform import schema as sch
+
+    frame = pd.DataFrame(
+        {
+            "num": [1.5, None, "2.5", "abc", 3, np.nan, " 4 ", True],
+            "cat": ["a", None, 5.0, 5, "b", np.nan, 1e20, "a"],
+            "flag": ["yes", "no", None, "maybe", "TRUE", 1, 0.0, "n"],
+        },
+        dtype=object,
+    )
+    specs = [
+        sch.ColumnSpec("num", "numeric", "double"),
+        sch.ColumnSpec("cat", "categorical", "string"),
+        sch.ColumnSpec("flag", "boolean", "string", ("yes",)),
+    ]
+    small, bad_small = sch._coerce_small(frame, specs)
+    big = pd.concat([frame] * 20, ignore_index=True)  # above SMALL_BATCH: vectorised
+    assert len(big) > sch.SMALL_BATCH
+    vec, bad_vec = sch.coerce_arrays(big, specs)
+    n = len(frame)
+    np.testing.assert_array_equal(small["num"], vec["num"][:n])
+    assert list(small["cat"]) == list(vec["cat"][:n])
+    np.testing.assert_array_equal(small["flag"], vec["flag"][:n])
+    assert set(bad_small) == set(bad_vec) == {"num"}
+    np.testing.assert_array_equal(bad_small["num"], bad_vec["num"][:n])
