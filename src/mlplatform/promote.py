@@ -88,10 +88,15 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
 def refresh_description(
     params: Params, paths: Paths, client: Any, version: str, local: bool = False
 ) -> None:
-    """Re-render a version's card (description) with its approvals so far.
+    """Re-render a version's card with its approvals so far.
 
-    ``local``: the version is the one this project just trained, so the card context comes
-    from reports/; otherwise from the card.json stored on the version's training run.
+    The card goes into the version's description and, whole, onto its training run as
+    ``model_card/model_card_v<version>.{md,html}``. The card stage's own files in reports/
+    are left alone (they are that stage's DVC outputs).
+
+    ``local``: the version is the one this project just trained, so the card context (and
+    the plots for the HTML page) come from reports/; otherwise from the card.json stored on
+    the version's training run (Markdown only).
     """
     name = params.registry.model_name
     approvals = registry.approvals_for(registry.history(client, name), version)
@@ -112,11 +117,16 @@ def refresh_description(
     ctx["model"]["version"] = version
     ctx["approvals"] = approvals
     client.update_model_version(name, version, description=card.render_description(ctx))
-    if local and paths.card_json.exists():
-        from mlplatform.io import write_text
-
-        write_text(paths.card_md, card.render_markdown(ctx, card.relative_images(paths)))
-        write_text(paths.card_html, card.render_html(ctx, card.embedded_images(paths)))
+    run_id = ctx["model"]["run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        md = Path(tmp) / f"model_card_v{version}.md"
+        no_images = dict.fromkeys(card.image_files(paths))
+        md.write_text(card.render_markdown(ctx, no_images))
+        client.log_artifact(run_id, str(md), "model_card")
+        if local:
+            page = Path(tmp) / f"model_card_v{version}.html"
+            page.write_text(card.render_html(ctx, card.embedded_images(paths)))
+            client.log_artifact(run_id, str(page), "model_card")
 
 
 # --------------------------------------------------------------------------------------

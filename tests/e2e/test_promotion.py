@@ -90,8 +90,20 @@ def test_first_model_becomes_champion(project):
     assert mv.tags["mlplatform.train_run_id"]
     assert "test.average_precision" in mv.tags
     assert "**Approvals:**" in mv.description and "approve" in mv.description
-    assert "## Approvals" in (project / "reports/model_card.md").read_text()
-    assert "promote" in (project / "reports/model_card.md").read_text()
+    # The full card with its approvals, on the training run (reports/ stays the card stage's).
+    client = client_for(project)
+    run_id = client.get_model_version(NAME, "1").run_id
+    names = {a.path for a in client.list_artifacts(run_id, "model_card")}
+    assert {"model_card/model_card_v1.md", "model_card/model_card_v1.html"} <= names
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path="model_card/model_card_v1.md",
+        tracking_uri=f"sqlite:///{project / 'mlflow.db'}",
+    )
+    text = Path(local).read_text()
+    assert "## Approvals" in text and "| promote | 1 | approve |" in text
 
 
 def test_crippled_candidate_is_rejected_and_champion_stays(project):
