@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlplatform import model_format
-from mlplatform.config import Params, Paths
+from mlplatform.config import Params
 from mlplatform.errors import DataValidationError, ModelError
 from mlplatform.io import atomic_path
 
@@ -331,6 +331,3 @@ def run_score(
     )
     return summary
 
-
-def run(params: Params, paths: Paths) -> None:  # pragma: no cover - not a pipeline stage
-    raise NotImplementedError("use `mlplatform score INPUT OUTPUT`")
