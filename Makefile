@@ -32,7 +32,7 @@ run: setup ## Set up, then run the whole pipeline (dvc repro) on the default dat
 	@$(BIN)/mlplatform next-steps
 
 test: setup ## Set up, then run the whole test suite (what .ci/run calls)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup ## Only the fast unit tests
 	$(BIN)/python -m pytest -m "not e2e and not slow"

@@ -107,9 +107,10 @@ def lock(uri: str, model_name: str, state_dir: Path, timeout_s: float = 300) -> 
     with open(path, "w") as fh:
         while True:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # POSIX record lock: held by this process only (not by forked children).
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError:
                 if time.monotonic() > deadline:
                     raise RegistryError(
                         f"registered model '{model_name}': another promotion holds {path}"
@@ -118,7 +119,7 @@ def lock(uri: str, model_name: str, state_dir: Path, timeout_s: float = 300) -> 
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------

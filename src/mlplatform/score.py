@@ -330,4 +330,3 @@ def run_score(
         f" (see {errors_path})" if errors else "",
     )
     return summary
-

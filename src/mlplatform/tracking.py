@@ -301,6 +301,9 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
 
     # Ctrl-C reaches the whole process group: let the parent decide when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Die with the parent (Linux): a killed search must not leave a writer behind that
+    # races the next run's reconcile. Elsewhere the orphan check below does it, within 1 s.
+    _die_with_parent(parent_pid)
     # The search comes first: helpers only get CPU the search leaves idle.
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -327,7 +330,7 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
             continue
         if job is None:
             break
-        if error is not None:
+        if error is not None or os.getppid() != parent_pid:
             continue
         kind, payload = job
         t0 = time.perf_counter()
@@ -341,6 +344,20 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
             error = f"{type(exc).__name__}: {exc}"
         busy += time.perf_counter() - t0
     results.put(("error", error) if error else ("ok", (written, busy)))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _warm_up() -> None:

@@ -301,8 +301,10 @@ def exclusive(lock_path: Path) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock, not flock: it belongs to this process only, so forked
+            # helpers do not keep it alive if this process is killed.
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise MlplatformError(
                 f"{lock_path}: another tune is running in this project; wait for it to finish"
             ) from None

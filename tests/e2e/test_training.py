@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -265,3 +266,29 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
     assert sorted(by_number) == [t.number for t in trials]
     assert all(len(v) == 1 for v in by_number.values()), "one run per trial"
     assert by_number[killed_during][0].info.status == "KILLED"
+
+
+def test_search_lock_dies_with_a_killed_search(tmp_path):
+    """A killed `tune` must not leave its lock held by the helper processes it forked."""
+    script = f"""
+import os, sys, time
+from pathlib import Path
+from mlplatform import tune, tracking
+with tune.exclusive(Path({str(tmp_path)!r}) / "tune.lock"):
+    worker = tracking.TrackingWorker("sqlite:///{tmp_path}/m.db")
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=cli_env())
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    from mlplatform import tune as tune_module
+
+    with tune_module.exclusive(tmp_path / "tune.lock"):  # raises if still held
+        pass
+    time.sleep(0.5)
+    helpers = subprocess.run(["pgrep", "-f", f"{tmp_path}/m.db"], capture_output=True,
+                             text=True).stdout.split()
+    assert helpers == [], "helper processes outlived the killed search"
