@@ -117,8 +117,15 @@ def split_frame(
     fractions = params.data.split
     n = len(frame)
     if params.data.time_column is not None:
-        ordered = frame.sort_values(params.data.time_column, kind="mergesort")
-        times = ordered[params.data.time_column].to_numpy()
+        col = params.data.time_column
+        when = frame[col]
+        if not pd.api.types.is_numeric_dtype(when) and not pd.api.types.is_datetime64_any_dtype(
+            when
+        ):
+            when = pd.to_datetime(when, format="ISO8601")  # dates given as text
+        order = when.sort_values(kind="mergesort").index
+        ordered = frame.loc[order]
+        times = when.loc[order].to_numpy()
         # Rows sharing a timestamp stay on one side of each cut (no peeking at the future).
         cut1 = _after_ties(times, round(n * fractions.train))
         cut2 = _after_ties(times, max(cut1, round(n * (fractions.train + fractions.validation))))
