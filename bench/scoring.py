@@ -207,7 +207,7 @@ def throughput(port: int, bodies: list[bytes], clients: int = 4, seconds: float 
 
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def live(args, workdir: Path) -> dict:
@@ -486,8 +486,9 @@ def main() -> int:
                 f" vs stock {r['stock']['p50_1row_ms']:.2f} ms -> {r['ratio_p50_1row']:.2f}x; "
                 f"p99 {r['ratio_p99_1row']:.2f}x; 100 rows {r['ratio_p50_100rows']:.2f}x; "
                 f"4 clients {r['ours']['rps_4_clients']:.0f} vs {r['stock']['rps_4_clients']:.0f}"
-                f" req/s -> {r['ratio_rps']:.2f}x; floor {r['floor_inplace_predict_ms']['1row']:.3f}"
-                f" ms; identical predictions: {r['predictions_identical_to_pipeline']}",
+                f" req/s -> {r['ratio_rps']:.2f}x; floor "
+                f"{r['floor_inplace_predict_ms']['1row']:.3f} ms; identical predictions: "
+                f"{r['predictions_identical_to_pipeline']}",
                 file=sys.stderr,
             )
         if not args.skip_batch:

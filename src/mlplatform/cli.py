@@ -300,8 +300,27 @@ def main() -> None:
     )
     for noisy in ("alembic", "mlflow.store.db.utils", "urllib3", "matplotlib", "shap"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import os
+
     try:
         app()
     except MlplatformError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException) or os.environ.get("MLPLATFORM_DEBUG"):
+            raise
+        # A run, model or version the command needs is not in this store (for example
+        # after switching MLFLOW_TRACKING_URI): one line, not a stack trace.
+        from mlflow import get_tracking_uri
+
+        first = str(exc.message).splitlines()[0][:300]
+        typer.secho(
+            f"error: MLflow ({exc.error_code}): {first} [tracking store {get_tracking_uri()}; "
+            "MLPLATFORM_DEBUG=1 shows the traceback]",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        sys.exit(2)

@@ -1,6 +1,7 @@
 """Evaluate: score the logged model on the held-out test set.
 
-Loads models/model exactly as a client would (``mlflow.pyfunc.load_model``), scores the raw
+Loads models/model as a client would (``mlflow.pyfunc.load_model``, after checking it is one
+of ours and carries no code or pickles), scores the raw
 test records, and reports figures made for imbalanced data at the decision threshold chosen
 on validation data. Writes reports/metrics.json (a DVC metrics file, identical across runs
 with the same inputs) and PNG plots, and logs both onto the training run.
@@ -63,7 +64,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     schema = load_schema(paths)
     trained = read_json(paths.train_report)
-    model = mlflow.pyfunc.load_model(str(paths.model))
+    model = model_format.load_pyfunc(paths.model)
     test = load_split(paths, "test")
     report, y, proba = evaluate_model(model, schema, test, trained["threshold"])
     payload = {

@@ -298,7 +298,7 @@ def make_plots(
 
     # Global importance: mean |SHAP| per source column (summed over explained outputs).
     feats = summary["all_features"][:20][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(feats) + 1.2))
+    _fig, ax = plt.subplots(figsize=(7, 0.35 * len(feats) + 1.2))
     ax.barh([f["feature"] for f in feats], [f["mean_abs_shap"] for f in feats], color="#1f77b4")
     ax.set(xlabel=f"mean |SHAP| ({exp.space})", title="Global importance")
     save("importance.png")

@@ -58,10 +58,7 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if dup := _duplicates([str(n) for n in names]):
         raise DataValidationError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, low_memory=False)
-        else:
-            frame = pd.read_parquet(path)
+        frame = pd.read_csv(path, low_memory=False) if suffix == ".csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"{path}: file is empty") from None
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file

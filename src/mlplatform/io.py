@@ -72,7 +72,23 @@ def write_json(dest: Path | str, payload: Any) -> None:
 
 
 def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text())
+    """Read a JSON file another stage wrote.
+
+    Raises:
+        MlplatformError: it does not exist (that stage has not run here yet) or is not JSON.
+    """
+    from mlplatform.errors import MlplatformError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MlplatformError(
+            f"{path}: not found; run the stages before this one first (dvc repro, or "
+            "mlplatform pipeline)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise MlplatformError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def write_text(dest: Path | str, text: str) -> None:

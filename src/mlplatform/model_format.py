@@ -310,25 +310,73 @@ def _load_pyfunc(data_path: str) -> TabularModel:
     return TabularModel(Path(data_path))
 
 
+def check_mlmodel(model_dir: Path) -> dict[str, Any]:
+    """Make sure a model folder is one of ours before anything in it is loaded.
+
+    MLflow would happily unpickle a ``python_model`` or put a ``code`` folder on sys.path;
+    a model from a shared registry must not be a way to run code. Ours name this module as
+    the loader and carry data only.
+
+    Raises:
+        ModelFormatError: naming the MLmodel file and what is wrong with it.
+    """
+    import yaml
+
+    mlmodel = Path(model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelFormatError(f"{mlmodel}: not found (not an MLflow model folder)")
+    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+    pyfunc = flavors.get("python_function", {})
+    if pyfunc.get("loader_module") != LOADER_MODULE:
+        raise ModelFormatError(
+            f"{mlmodel}: not an mlplatform model (loader {pyfunc.get('loader_module')!r}); "
+            "refusing to load it, as it could run arbitrary code"
+        )
+    if pyfunc.get("code") or "python_model" in pyfunc or "cloudpickle_version" in pyfunc:
+        raise ModelFormatError(f"{mlmodel}: carries code or pickles; refusing to load it")
+    return pyfunc
+
+
 def load(model_dir: Path | str) -> TabularModel:
     """Load an MLflow model directory (or its data folder) without going through pyfunc.
 
     Raises:
         ModelFormatError: not a model this package wrote.
     """
-    import yaml
-
     model_dir = Path(model_dir)
-    mlmodel = model_dir / "MLmodel"
-    if mlmodel.is_file():
-        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
-        pyfunc = flavor.get("python_function", {})
-        if pyfunc.get("loader_module") != LOADER_MODULE:
-            raise ModelFormatError(
-                f"{mlmodel}: not an mlplatform model (loader {pyfunc.get('loader_module')!r})"
-            )
-        return TabularModel(model_dir / pyfunc["data"])
+    if (model_dir / "MLmodel").is_file():
+        return TabularModel(model_dir / check_mlmodel(model_dir)["data"])
     return TabularModel(model_dir)
+
+
+def load_pyfunc(uri_or_path: str | Path) -> Any:
+    """``mlflow.pyfunc.load_model``, but only for our own models (checked before loading).
+
+    Args:
+        uri_or_path: a local model folder or any MLflow model URI (models:/, runs:/...).
+
+    Raises:
+        ModelFormatError: the model is not one of ours.
+        ModelError: the URI cannot be resolved or downloaded.
+    """
+    import tempfile
+
+    import mlflow
+
+    local = Path(str(uri_or_path))
+    if local.is_dir():
+        check_mlmodel(local)
+        return mlflow.pyfunc.load_model(str(local))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=str(uri_or_path), dst_path=tmp)
+        except Exception as exc:
+            raise ModelError(
+                f"{uri_or_path}: cannot fetch model ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        check_mlmodel(Path(path))
+        # Everything is read into memory at load time, so the folder can go afterwards.
+        return mlflow.pyfunc.load_model(path)
 
 
 def write_folder(

@@ -78,18 +78,35 @@ class DatasetSchema:
 
 
 def conform_types(frame: pd.DataFrame, specs: list[ColumnSpec]) -> pd.DataFrame:
-    """Store columns the way the model's signature declares them.
+    """Store each column the way the model's signature declares it.
 
     Integer columns are declared double (so a missing value can be sent at serving time);
     MLflow's schema enforcement refuses int64 where double is declared, so they are stored
-    as float64 from the start.
+    as float64. Pandas-only dtypes a client cannot send (category, nullable boolean,
+    timezone-aware datetimes) become plain values of the declared type.
     """
-    casts = {
-        s.name: "float64"
-        for s in specs
-        if s.input_type == "double" and frame[s.name].dtype != "float64"
-    }
-    return frame.astype(casts) if casts else frame
+    out = frame.copy()
+    for s in specs:
+        col = out[s.name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.astype(object).where(col.notna(), None)
+        if s.input_type == "double":
+            col = (
+                pd.to_numeric(col, errors="coerce").astype("float64")
+                if col.dtype == object
+                else col.astype("float64")
+            )
+        elif s.input_type == "string":
+            if not (col.dtype == object or isinstance(col.dtype, pd.StringDtype)):
+                col = (
+                    col.astype(object)
+                    .where(col.notna(), None)
+                    .map(lambda v: v if v is None else str(v))
+                )
+        elif s.input_type == "datetime" and getattr(col.dt, "tz", None) is not None:
+            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        out[s.name] = col
+    return out
 
 
 def load_schema(paths: Paths) -> DatasetSchema:
@@ -97,7 +114,10 @@ def load_schema(paths: Paths) -> DatasetSchema:
 
 
 def load_split(paths: Paths, name: str) -> pd.DataFrame:
-    return pd.read_parquet(paths.split(name))
+    path = paths.split(name)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: not found; run `mlplatform prepare` first")
+    return pd.read_parquet(path)
 
 
 def _native(value: Any) -> Any:
@@ -108,6 +128,14 @@ def _after_ties(values, cut: int) -> int:
     while 0 < cut < len(values) and values[cut] == values[cut - 1]:
         cut += 1
     return cut
+
+
+def _integral_target(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """A 0/1 target read as float (because of missing values) becomes integers again."""
+    y = frame[target]
+    if pd.api.types.is_float_dtype(y) and len(y) and (y == y.round()).all():
+        frame = frame.assign(**{target: y.astype("int64")})
+    return frame
 
 
 def split_frame(
@@ -168,6 +196,7 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
     n_raw = len(frame)
     missing_target = int(frame[data.target].isna().sum())
     frame = frame[frame[data.target].notna()]
+    frame = _integral_target(frame, data.target)
     classes = validate.check_target(frame, data, origin)
 
     # Sensitive features are kept for the fairness audit but are not model inputs unless
@@ -197,6 +226,14 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
     for name, part in parts.items():
         if part.empty:
             raise DataValidationError(f"{origin}: the {name} split is empty")
+        present = set(part[data.target].astype(str))
+        absent = [c for c in classes if str(c) not in present]
+        if absent:
+            how = f"by time ({data.time_column})" if data.time_column else "stratified"
+            raise DataValidationError(
+                f"{origin}: the {name} split ({how}) has no rows of class "
+                f"{absent[0]!r} of target '{data.target}'; change data.split or data.time_column"
+            )
 
     schema = DatasetSchema(
         target=data.target,

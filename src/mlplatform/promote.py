@@ -150,7 +150,6 @@ def measure(
     run_id: str | None,
 ) -> tuple[gates.Figures, Any]:
     """Load a model by URI and score it on the test split; failures become figures."""
-    import mlflow
 
     fig = gates.Figures(version=version)
     if run_id:
@@ -158,7 +157,7 @@ def measure(
         fig.has_explanations = _version_has_artifact(client, run_id, "explain/summary.json")
         fig.fairness = _fairness_of(run_id)
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = model_format.load_pyfunc(uri)  # refuses anything but our own format
         out = model.predict(test[schema.feature_names])
         cols = [model_format.probability_column(c) for c in schema.classes]
         proba = out[cols].to_numpy(dtype=np.float64)

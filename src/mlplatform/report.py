@@ -22,7 +22,8 @@ def next_steps(params: Params, paths: Paths) -> str:
     if paths.promotion.exists():
         decision = read_json(paths.promotion)
         lines.append(
-            f"  promotion   {decision.get('decision')} for version {decision.get('candidate_version')}"
+            f"  promotion   {decision.get('decision')} for version "
+            f"{decision.get('candidate_version')}"
             f" ({paths.promotion}); history: mlplatform history"
         )
     lines += [

@@ -70,6 +70,15 @@ def _tokens(series: pd.Series) -> set[str]:
     return {str(v).strip().lower() for v in series.dropna().unique()}
 
 
+def _to_datetime(values: pd.Series) -> pd.Series:
+    """ISO dates -> naive UTC timestamps; unparseable values become NaT.
+
+    ``utc=True`` because text with mixed offsets otherwise raises even with errors="coerce".
+    """
+    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
+    return parsed.dt.tz_localize(None)
+
+
 def infer_kind(series: pd.Series) -> ColumnKind:
     """Infer a column's kind from its dtype and values."""
     if pd.api.types.is_bool_dtype(series):
@@ -86,16 +95,21 @@ def infer_kind(series: pd.Series) -> ColumnKind:
         return "boolean"
     sample = values.astype(str).head(1000)
     if sample.str.match(_ISO_DATE).mean() >= 0.95:
-        parsed = pd.to_datetime(sample, errors="coerce", format="ISO8601")
+        parsed = _to_datetime(sample)
         if parsed.notna().mean() >= 0.95:
             return "datetime"
     return "categorical"
 
 
 def input_type_for(series: pd.Series, kind: ColumnKind) -> str:
-    """The MLflow signature type a client must send for this column."""
-    if kind == "boolean" and pd.api.types.is_bool_dtype(series):
-        return "boolean"
+    """The MLflow signature type a client must send for this column.
+
+    ``prepare.conform_types`` stores each column in this type, so training data, the
+    input example and clients all agree.
+    """
+    if pd.api.types.is_bool_dtype(series):
+        # A bool column stays bool only as a boolean; overridden, it becomes text.
+        return "boolean" if kind == "boolean" and not series.isna().any() else "string"
     if kind == "datetime" and pd.api.types.is_datetime64_any_dtype(series):
         return "datetime"
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -176,10 +190,7 @@ def _categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+    parsed = values if pd.api.types.is_datetime64_any_dtype(values) else _to_datetime(values)
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     invalid = parsed.isna().to_numpy() & values.notna().to_numpy()

@@ -86,16 +86,14 @@ def resolve(params: Params, model_uri: str | None) -> tuple[str, str | None, str
     return model_uri, None, None
 
 
-def load_scorer(uri: str) -> Any:
-    """Our TabularModel when the model is one of ours (fast path), else the pyfunc model."""
-    import mlflow
+def load_scorer(uri: str) -> model_format.TabularModel:
+    """The model behind a URI, if it is one of ours (anything else could run code).
 
-    try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
-    except Exception as exc:
-        raise ModelError(f"{uri}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-    impl = getattr(pyfunc, "_model_impl", None)
-    return impl if isinstance(impl, model_format.TabularModel) else pyfunc
+    Raises:
+        ModelError: the model cannot be fetched, or is not an mlplatform model.
+    """
+    pyfunc = model_format.load_pyfunc(uri)
+    return pyfunc._model_impl
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +155,9 @@ def read_chunks(path: Path, chunk_rows: int, columns: list[str]) -> tuple[Iterat
     except DataValidationError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataValidationError(f"{path}: cannot read file ({str(exc).splitlines()[0][:200]})")
+        raise DataValidationError(
+            f"{path}: cannot read file ({str(exc).splitlines()[0][:200]})"
+        ) from None
     raise DataValidationError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
 
 
@@ -205,18 +205,15 @@ def _errors(
     return rows
 
 
-def score_frame(scorer: Any, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Predictions for a chunk and the per-column masks of rows that could not be read."""
-    if isinstance(scorer, model_format.TabularModel):
-        x, invalid = scorer.transform(frame)
-        bad = np.zeros(len(frame), dtype=bool)
-        for mask in invalid.values():
-            bad |= mask
-        out = scorer.to_frame(
-            scorer.predict_matrix(x[~bad]) if bad.any() else scorer.predict_matrix(x)
-        )
-        return out, invalid
-    return pd.DataFrame(scorer.predict(frame)), {}
+def score_frame(
+    scorer: model_format.TabularModel, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Predictions for the readable rows of a chunk, and per column the unreadable ones."""
+    x, invalid = scorer.transform(frame)
+    bad = np.zeros(len(frame), dtype=bool)
+    for mask in invalid.values():
+        bad |= mask
+    return scorer.to_frame(scorer.predict_matrix(x[~bad] if bad.any() else x)), invalid
 
 
 def run_score(
@@ -244,16 +241,11 @@ def run_score(
     fmt = "csv" if output_path.suffix.lower() == ".csv" else "parquet"
     uri, name, version = resolve(params, model_uri)
     scorer = load_scorer(uri)
-    if isinstance(scorer, model_format.TabularModel):
-        scorer.set_threads(os.cpu_count() or 1)
-        columns = scorer.input_names
-        kinds = {
-            s.name: {"numeric": "number", "datetime": "date"}.get(s.kind, s.kind)
-            for s in scorer.specs
-        }
-    else:
-        columns = scorer.metadata.get_input_schema().input_names()
-        kinds = {}
+    scorer.set_threads(os.cpu_count() or 1)
+    columns = scorer.input_names
+    kinds = {
+        s.name: {"numeric": "number", "datetime": "date"}.get(s.kind, s.kind) for s in scorer.specs
+    }
     batches, total = read_chunks(input_path, chunk_rows, [*columns, *keep])
     summary = ScoreSummary(str(input_path), str(output_path), uri, name, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")

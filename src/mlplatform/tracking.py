@@ -234,20 +234,37 @@ class _Child:
         self.proc.start()
 
     def finish(self, timeout: float) -> tuple[int, float]:
+        """Wait for the helper's result, watching that it is still alive.
+
+        Raises:
+            RuntimeError: the helper failed, died, or did not finish within timeout.
+        """
         self.jobs.put(None)
-        try:
-            status, payload = self.results.get(timeout=timeout)
-        except queue.Empty:
-            self.proc.kill()
-            raise RuntimeError(f"{self.proc.name} did not finish") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, payload = self.results.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    self.kill()
+                    raise RuntimeError(f"{self.proc.name} died") from None
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"{self.proc.name} did not finish") from None
         self.proc.join(timeout=30)
         if status == "error":
             raise RuntimeError(f"{self.proc.name} failed: {payload}")
         return payload
 
     def kill(self) -> None:
+        """Stop now; never block on what is still queued for it."""
+        # A full pipe to a dead reader would otherwise hang this process at exit.
+        self.jobs.cancel_join_thread()
+        self.results.cancel_join_thread()
         if self.proc.is_alive():
             self.proc.kill()
+        self.proc.join(timeout=30)
 
 
 class TrackingWorker:
@@ -278,16 +295,27 @@ class TrackingWorker:
         """Render the search plots from these trials and log them onto run_id."""
         self._plotter.jobs.put(("plots", (run_id, trials, direction, best_family)))
 
-    def close(self, timeout: float = 600.0) -> None:
-        """Wait for every job; re-raise a helper's first error, if any."""
+    def close(self, timeout: float = 600.0) -> list[str]:
+        """Wait for every job.
+
+        Returns:
+            The helpers' failures (empty when all went well). A failed write is not lost:
+            the caller rebuilds missing runs from the Optuna storage (``tune.reconcile``).
+        """
         if self._closed:
-            return
+            return []
         self._closed = True
+        problems = []
         try:
             self.written, self.seconds = self._writer.finish(timeout)
+        except RuntimeError as exc:
+            problems.append(str(exc))
+        try:
             self._plotter.finish(timeout)
-        finally:
-            self.abandon()
+        except RuntimeError as exc:
+            problems.append(str(exc))
+        self.abandon()
+        return problems
 
     def abandon(self) -> None:
         """Stop the helpers without waiting (the parent is being interrupted)."""

@@ -158,9 +158,8 @@ def verify(model_dir: Path, fitted: Fitted, schema: DatasetSchema, valid: pd.Dat
     Raises:
         ModelError: different predicted classes or probabilities.
     """
-    import mlflow
 
-    loaded = mlflow.pyfunc.load_model(str(model_dir))
+    loaded = model_format.load_pyfunc(model_dir)
     out = loaded.predict(valid[schema.feature_names])
     cols = [model_format.probability_column(c) for c in schema.classes]
     got = out[cols].to_numpy(dtype=np.float64)

@@ -286,7 +286,9 @@ def study_name(params: Params, paths: Paths) -> str:
     from mlplatform.tracking import params_digest
 
     identity = {
-        "tune": params.tune.model_dump(mode="json", exclude={"timeout_s", "n_trials"}),
+        # n_trials is part of it: a search of 60 trials is not "the same" as one of 40 run
+        # longer, and the same params must give the same result on any machine.
+        "tune": params.tune.model_dump(mode="json", exclude={"timeout_s"}),
         "features": params.features.model_dump(mode="json"),
         "seed": params.seed,
         "data": {s: file_md5(paths.split(s)) for s in ("train", "validation")},
@@ -461,6 +463,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         t_setup = clock()
         name = study_name(params, paths)
         study = new_study(params, make_storage(paths), name)
+        # A resumed search must not replay the sampler's random start-up points: seed it by
+        # how far the study already got (0 for a fresh study, so fresh runs are identical).
+        done = len(study.get_trials(deepcopy=False))
+        if done:
+            study.sampler = optuna.samplers.TPESampler(seed=params.seed + done)
         client, exp_id = tracking.setup(params)
         writer = TrackingWorker(tracking.tracking_uri(params))
         parent_id = _parent_run(study, client, exp_id, params, paths, name)
@@ -629,10 +636,12 @@ def finish_parent(
     except MlflowException:
         # Params are immutable: a resumed study found a new best. Keep it as tags.
         client.log_batch(parent_id, tags=[RunTag(p.key, p.value) for p in best_params])
-    worker.close()
+    problems = worker.close()
+    for problem in problems:
+        log.warning("tracking helper: %s; rebuilding the runs from the study", problem)
     metrics_extra = [Metric("writer_seconds", worker.seconds, now, 0)]
     client.log_batch(parent_id, metrics=metrics_extra)
-    if worker.written != worker.submitted:
+    if problems or worker.written != worker.submitted:
         exp_id = client.get_run(parent_id).info.experiment_id
         reconcile(study, client, exp_id, parent_id, record)
     client.set_terminated(parent_id, "FINISHED")

@@ -89,13 +89,14 @@ def check_target(frame: pd.DataFrame, data: DataConfig, origin: str) -> list:
             )
         positive = match[0]
         values = [v for v in values if v != positive] + [positive]
-    elif data.positive_class is not None:
-        if not any(str(v) == str(data.positive_class) for v in values):
-            raise _fail(
-                origin,
-                f"data.positive_class {data.positive_class!r} is not a value of target "
-                f"column '{data.target}' ({_preview(values)})",
-            )
+    elif data.positive_class is not None and not any(
+        str(v) == str(data.positive_class) for v in values
+    ):
+        raise _fail(
+            origin,
+            f"data.positive_class {data.positive_class!r} is not a value of target "
+            f"column '{data.target}' ({_preview(values)})",
+        )
     counts = target.value_counts()
     for value in values:
         if counts[value] < MIN_ROWS_PER_CLASS:
@@ -128,7 +129,7 @@ def _check_override(series: pd.Series, kind: ColumnKind, origin: str) -> None:
                 f"{_preview(sorted(tokens), 3)} (expected values like yes/no, true/false, 1/0)",
             )
     elif kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(series):
-        parsed = pd.to_datetime(present.astype(str), errors="coerce", format="ISO8601")
+        parsed = pd.to_datetime(present.astype(str), errors="coerce", format="ISO8601", utc=True)
         bad = present[parsed.isna().to_numpy()]
         if len(bad):
             raise _fail(

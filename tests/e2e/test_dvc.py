@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import BIN, ROOT, cli_env, client_for, write_project
 
 pytestmark = pytest.mark.e2e

@@ -250,6 +250,11 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path):
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
     assert len(finished) == 14
+    # No trial replays another (the resumed sampler does not restart its random draws).
+    seen = [
+        tuple(sorted(t.params.items())) for t in finished if t.user_attrs.get("retry_of") is None
+    ]
+    assert len(seen) == len(set(seen)), "a resumed search repeated a trial"
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed_during]
     assert len(retries) == 1 and retries[0].params == killed.params
 
@@ -279,8 +284,9 @@ with tune.exclusive(Path({str(tmp_path)!r}) / "tune.lock"):
     print("ready", flush=True)
     time.sleep(60)
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            env=cli_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=cli_env()
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -289,6 +295,7 @@ with tune.exclusive(Path({str(tmp_path)!r}) / "tune.lock"):
     with tune_module.exclusive(tmp_path / "tune.lock"):  # raises if still held
         pass
     time.sleep(0.5)
-    helpers = subprocess.run(["pgrep", "-f", f"{tmp_path}/m.db"], capture_output=True,
-                             text=True).stdout.split()
+    helpers = subprocess.run(
+        ["pgrep", "-f", f"{tmp_path}/m.db"], capture_output=True, text=True
+    ).stdout.split()
     assert helpers == [], "helper processes outlived the killed search"

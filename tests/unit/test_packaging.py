@@ -7,8 +7,8 @@ import re
 import tomllib
 
 import yaml
-from conftest import ROOT
 
+from conftest import ROOT
 from mlplatform import privacy
 from mlplatform.cli import STAGES
 
