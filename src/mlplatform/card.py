@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from mlplatform import fairness, model_format
@@ -49,29 +50,54 @@ HEADLINE_MULTI = (
 )
 
 
+_MD_SPECIAL = str.maketrans({"<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`[]|"}})
+_HTML_SPECIAL = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_[]()!|"})
+
+
 def _md_escape(value: Any) -> Any:
-    """Values from the data must not break Markdown tables."""
-    return value.replace("|", "\\|") if isinstance(value, str) else value
+    """Values from the data must not become links, images, HTML or table cells in Markdown.
+
+    Values already formatted by the ``code`` or ``trusted`` filters pass unchanged.
+    """
+    if isinstance(value, markupsafe.Markup) or not isinstance(value, str):
+        return value
+    return value.translate(_MD_SPECIAL)
 
 
 def _html_escape(value: Any) -> Any:
-    """Values from the data must not become live HTML (or break tables) in the page."""
-    if value is None:
+    """Values from the data must not become live HTML, links or table cells in the page.
+
+    The Markdown is turned into HTML, so Markdown syntax is neutralised as well.
+    """
+    if value is None or isinstance(value, markupsafe.Markup):
         return value
     text = value if isinstance(value, str) else str(value)
-    return html.escape(text, quote=True).replace("|", "&#124;")
+    return html.escape(text, quote=True).translate(_HTML_SPECIAL)
+
+
+def _code(value: Any) -> markupsafe.Markup:
+    """A value as an inline code span (inert in Markdown; the HTML renderer escapes it)."""
+    text = str(value).replace("`", "'").replace("|", "\\|").replace("\n", " ")
+    return markupsafe.Markup(f"`{text}`")
+
+
+def _trusted(value: Any) -> Any:
+    """Our own values (image paths, data URIs): inserted as they are."""
+    return value if value is None else markupsafe.Markup(str(value))
 
 
 def _environment(finalize) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mlplatform", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
+        autoescape=False,  # Markdown templates; values are escaped by `finalize`
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
         finalize=finalize,
     )
     env.filters["fmt"] = _fmt
+    env.filters["code"] = _code
+    env.filters["trusted"] = _trusted
     return env
 
 
@@ -90,6 +116,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
 # Markdown for files and descriptions; the same Markdown with HTML-escaped values for the page.
 _env = _environment(_md_escape)
 _html_env = _environment(_html_escape)
+# The HTML page around the rendered card: plain HTML autoescaping, no Markdown rules.
+_page_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("mlplatform", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def _image(path: Path) -> str | None:
@@ -281,7 +313,7 @@ def render_html(ctx: dict[str, Any], imgs: dict[str, str | None]) -> str:
     title = ctx["model"]["name"] + (
         f" v{ctx['model']['version']}" if ctx["model"]["version"] else ""
     )
-    return _env.get_template("model_card.html.j2").render(body=body, title=title)
+    return _page_env.get_template("model_card.html.j2").render(body=body, title=title)
 
 
 def render_description(ctx: dict[str, Any]) -> str:

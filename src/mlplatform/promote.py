@@ -34,7 +34,7 @@ def _client(params: Params):
 
 
 def _lock(params: Params, paths: Paths):
-    return registry.lock(tracking.tracking_uri(params), params.registry.model_name, paths.state)
+    return registry.lock(tracking.registry_uri(params), params.registry.model_name, paths.state)
 
 
 # --------------------------------------------------------------------------------------
@@ -48,6 +48,20 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
     name = params.registry.model_name
     trained = read_json(paths.train_report)
     evaluation = read_json(paths.metrics)
+    with _lock(params, paths):  # two registers of one run must not make two versions
+        version = _register_version(client, name, trained, evaluation)
+    refresh_description(params, paths, client, version, local=True)
+    payload = {
+        "model_name": name,
+        "version": version,
+        "run_id": trained["run_id"],
+        "model_uri": f"models:/{name}/{version}",
+    }
+    write_json(paths.registration, payload)
+    return payload
+
+
+def _register_version(client: Any, name: str, trained: dict, evaluation: dict) -> str:
     registry.ensure_registered_model(client, name)
     version = registry.find_version_for_run(client, name, trained["run_id"])
     if version is None:
@@ -74,15 +88,7 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
         )
         version = str(mv.version)
         log.info("registered %s version %s", name, version)
-    refresh_description(params, paths, client, version, local=True)
-    payload = {
-        "model_name": name,
-        "version": version,
-        "run_id": trained["run_id"],
-        "model_uri": f"models:/{name}/{version}",
-    }
-    write_json(paths.registration, payload)
-    return payload
+    return version
 
 
 def refresh_description(

@@ -54,72 +54,104 @@ def _lock_key(name: str) -> int:
     )
 
 
-def _pg_dsn(uri: str) -> str:
+def pg_connect(uri: str) -> Any:
+    """A psycopg2 connection for a SQLAlchemy PostgreSQL URL (query options included)."""
+    import psycopg2
     from sqlalchemy.engine import make_url
 
     url = make_url(uri)
-    parts = {
+    kwargs = {
         "host": url.host,
         "port": url.port,
         "dbname": url.database,
         "user": url.username,
         "password": url.password,
+        **{k: (v if isinstance(v, str) else v[-1]) for k, v in url.query.items()},
     }
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+    return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def is_postgres(uri: str | None) -> bool:
+    return bool(uri) and uri.startswith(("postgresql", "postgres"))
 
 
 @contextlib.contextmanager
-def lock(uri: str, model_name: str, state_dir: Path, timeout_s: float = 300) -> Iterator[None]:
-    """Serialise read-decide-apply for one registered model.
+def pg_advisory_lock(uri: str, key: str, timeout_s: float, busy: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock on ``key``, held while the block runs.
 
     Raises:
-        RegistryError: the lock could not be taken within timeout_s.
+        MlplatformError: not taken within timeout_s (``busy`` says who holds it).
     """
-    if uri.startswith(("postgresql", "postgres")):
-        import psycopg2
+    import psycopg2
 
-        conn = psycopg2.connect(_pg_dsn(uri))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                # 0 would disable the timeout in PostgreSQL: wait at least 1 ms.
-                cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
-                try:
-                    cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(model_name),))
-                except psycopg2.errors.LockNotAvailable:
-                    raise RegistryError(
-                        f"registered model '{model_name}': another promotion holds the lock"
-                    ) from None
-            yield
-        finally:
-            with contextlib.suppress(Exception), conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(model_name),))
-            conn.close()
-        return
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///") + f".{model_name}.lock")
-    else:
-        # A remote tracking server: the lock only covers this machine.
-        log.warning("tracking URI %s: promotion lock covers this machine only", uri)
-        path = state_dir / f"registry-{model_name}.lock"
+    conn = pg_connect(uri)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # 0 would disable the timeout in PostgreSQL: wait at least 1 ms.
+            cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (_lock_key(key),))
+            except psycopg2.errors.LockNotAvailable:
+                raise RegistryError(busy) from None
+        yield
+    finally:
+        with contextlib.suppress(Exception), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(key),))
+        conn.close()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float, busy: str) -> Iterator[None]:
+    """A POSIX record lock on ``path``: held by this process only (not by forked children).
+
+    Raises:
+        MlplatformError: not taken within timeout_s.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
-    with open(path, "w") as fh:
+    with open(path, "a") as fh:
         while True:
             try:
-                # POSIX record lock: held by this process only (not by forked children).
                 fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"registered model '{model_name}': another promotion holds {path}"
-                    ) from None
+                if time.monotonic() >= deadline:
+                    raise RegistryError(busy) from None
                 time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.lockf(fh, fcntl.LOCK_UN)
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The database file of a sqlite URI, absolute (so every working directory agrees)."""
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+
+
+@contextlib.contextmanager
+def lock(uri: str, model_name: str, state_dir: Path, timeout_s: float = 300) -> Iterator[None]:
+    """Serialise read-decide-apply for one registered model of the registry at ``uri``.
+
+    Raises:
+        RegistryError: the lock could not be taken within timeout_s.
+    """
+    busy = f"registered model '{model_name}': another registry change holds the lock"
+    if is_postgres(uri):
+        with pg_advisory_lock(uri, f"registry:{model_name}", timeout_s, busy):
+            yield
+        return
+    if uri.startswith("sqlite:///"):
+        db = _sqlite_path(uri)
+        path = db.with_name(f"{db.name}.{model_name}.lock")
+    else:
+        # A remote tracking server: the lock only covers this machine.
+        log.warning("registry URI %s: the registry lock covers this machine only", uri)
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+        path = state_dir / f"registry-{digest}-{model_name}.lock"
+    with file_lock(path, timeout_s, f"{busy} ({path})"):
+        yield
 
 
 # --------------------------------------------------------------------------------------
@@ -214,13 +246,30 @@ def _audit_experiment(client: Any, model_name: str) -> str:
     return exp.experiment_id
 
 
-def _audit_runs(client: Any, model_name: str) -> list[Any]:
+def _audit_runs(client: Any, model_name: str, deleted_too: bool = False) -> list[Any]:
+    from mlflow.entities import ViewType
+
     exp = client.get_experiment_by_name(audit_experiment_name(model_name))
     if exp is None:
         return []
     return client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{AUDIT_TAG}` = 'true'", max_results=50_000
+        [exp.experiment_id],
+        filter_string=f"tags.`{AUDIT_TAG}` = 'true'",
+        run_view_type=ViewType.ALL if deleted_too else ViewType.ACTIVE_ONLY,
+        max_results=50_000,
     )
+
+
+def _next_seq(client: Any, model_name: str) -> int:
+    """One more than any sequence number given out, deleted audit runs included (so a
+    deleted record leaves a visible gap rather than a reused number)."""
+    seqs = [0]
+    for run in _audit_runs(client, model_name, deleted_too=True):
+        try:
+            seqs.append(int(run.data.tags["seq"]))
+        except (KeyError, ValueError):
+            continue
+    return max(seqs) + 1
 
 
 def history(client: Any, model_name: str) -> list[dict[str, Any]]:
@@ -272,16 +321,10 @@ def append(client: Any, model_name: str, record: dict[str, Any]) -> dict[str, An
 
     The record goes into an audit run's tags (queryable) and, whole, into record.json.
     """
-    from mlflow.entities import RunTag
-
     exp_id = _audit_experiment(client, model_name)
-    # Counted from the runs themselves, so a record can never reuse a sequence number.
-    record = {**record, "seq": len(_audit_runs(client, model_name)) + 1}
+    record = {**record, "seq": _next_seq(client, model_name)}
     record.setdefault("when", now_iso())
     compact = _compact(record)
-    run = client.create_run(
-        exp_id, run_name=f"{record['seq']:04d}-{record['action']}-v{record.get('version')}"
-    )
     tags = {
         AUDIT_TAG: "true",
         "record": compact,
@@ -291,7 +334,12 @@ def append(client: Any, model_name: str, record: dict[str, Any]) -> dict[str, An
         "actor": str(record.get("actor")),
         "seq": str(record["seq"]),
     }
-    client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    # Tags go in with the run itself: there is never an audit run without its record.
+    run = client.create_run(
+        exp_id,
+        run_name=f"{record['seq']:04d}-{record['action']}-v{record.get('version')}",
+        tags=tags,
+    )
     client.log_dict(run.info.run_id, record, "record.json")
     client.set_terminated(run.info.run_id, "FINISHED")
     return record

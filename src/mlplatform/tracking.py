@@ -51,6 +51,13 @@ def tracking_uri(params: Params) -> str:
     return mlplatform.USER_TRACKING_URI or params.mlflow.tracking_uri
 
 
+def registry_uri(params: Params) -> str:
+    """MLFLOW_REGISTRY_URI if set, else the tracking store (MLflow's own rule)."""
+    import mlplatform
+
+    return mlplatform.USER_REGISTRY_URI or tracking_uri(params)
+
+
 def setup(params: Params) -> tuple[Any, str]:
     """Point MLflow at the store and make sure the experiment exists.
 
@@ -62,9 +69,7 @@ def setup(params: Params) -> tuple[Any, str]:
 
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    import mlplatform
-
-    mlflow.set_registry_uri(mlplatform.USER_REGISTRY_URI or uri)
+    mlflow.set_registry_uri(registry_uri(params))
     client = MlflowClient()
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     if exp is None:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -300,16 +299,28 @@ def study_name(params: Params, paths: Paths) -> str:
 @contextlib.contextmanager
 def exclusive(lock_path: Path) -> Iterator[None]:
     """One search per project at a time (a second one would corrupt the resume logic)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        try:
-            # A POSIX record lock, not flock: it belongs to this process only, so forked
-            # helpers do not keep it alive if this process is killed.
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise MlplatformError(
-                f"{lock_path}: another tune is running in this project; wait for it to finish"
-            ) from None
+    from mlplatform import registry
+
+    busy = f"{lock_path}: another tune is running in this project; wait for it to finish"
+    with registry.file_lock(lock_path, 0, busy):
+        yield
+
+
+@contextlib.contextmanager
+def shared_study_lock(study: str) -> Iterator[None]:
+    """With a shared PostgreSQL study storage (team mode), one driver per study across
+    machines; a no-op for local storage (the project lock covers it)."""
+    from mlplatform import registry
+
+    url = os.environ.get("MLPLATFORM_OPTUNA_STORAGE")
+    if not registry.is_postgres(url):
+        yield
+        return
+    busy = (
+        f"Optuna study '{study}': another tune is running it in the shared storage "
+        "(MLPLATFORM_OPTUNA_STORAGE); wait for it to finish"
+    )
+    with registry.pg_advisory_lock(url, f"optuna-study:{study}", 0, busy):
         yield
 
 
@@ -457,11 +468,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     spaces = search_space.parse(params.tune)
     metric = objective(params.tune.metric)
     clock = time.perf_counter
-    with exclusive(paths.state / "tune.lock"), sigterm_as_interrupt():
+    with contextlib.ExitStack() as held:
+        held.enter_context(exclusive(paths.state / "tune.lock"))
+        held.enter_context(sigterm_as_interrupt())
         t_load = clock()
         data = load_search_data(params, paths, list(spaces))
         t_setup = clock()
         name = study_name(params, paths)
+        held.enter_context(shared_study_lock(name))
         study = new_study(params, make_storage(paths), name)
         # A resumed search must not replay the sampler's random start-up points: seed it by
         # how far the study already got (0 for a fresh study, so fresh runs are identical).

@@ -513,6 +513,39 @@ def test_html_escapes_values_that_come_from_the_data():
     assert not [s for s in re.findall(r'\bsrc="([^"]*)"', html) if s.startswith("http")]
 
 
+MD_LINK = "[click](https://evil.example/x) ![i](https://evil.example/i.png) <b>x</b> a|b"
+
+
+def _poison(ctx):
+    ctx["subgroups"]["afam"][0]["group"] = MD_LINK
+    ctx["data"]["features"][0]["name"] = "col`) [x](https://evil.example)"
+    ctx["model"]["name"] = "credit</title><script>alert(1)</script>"
+    return ctx
+
+
+def test_markdown_syntax_from_the_data_stays_text_in_html():
+    html = card.render_html(_poison(binary_context()), images())
+    assert "<a " not in html and 'evil.example/i.png"' not in html
+    assert not re.findall(r'<img[^>]*src="https?:', html)
+    assert "<script>" not in html and "<b>x</b>" not in html
+    assert "<title>Model card: credit&lt;/title&gt;" in html
+
+
+def test_markdown_syntax_from_the_data_stays_text_in_markdown():
+    import markdown
+
+    for text in (
+        card.render_markdown(_poison(binary_context()), images()),
+        card.render_description(_poison(binary_context())),
+    ):
+        rendered = markdown.markdown(text, extensions=["tables"])
+        assert "<a " not in rendered, text
+        assert "<b>" not in rendered
+        assert not re.findall(r'<img[^>]*src="https?:', rendered)
+    md = card.render_markdown(_poison(binary_context()), images())
+    assert "\\[click\\](https://evil.example/x)" in md  # escaped, still readable
+
+
 # --------------------------------------------------------------------------------------
 # Registry description.
 

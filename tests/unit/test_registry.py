@@ -114,6 +114,16 @@ def test_long_rules_go_to_the_artifact_and_still_round_trip(client, tmp_path):
     assert registry.append(client, "m", _record(version="3"))["seq"] == 3
 
 
+def test_deleted_audit_record_leaves_a_gap_not_a_reused_number(client):
+    for v in ("1", "2", "3"):
+        registry.append(client, "m", _record(version=v))
+    exp = client.get_experiment_by_name(registry.audit_experiment_name("m"))
+    third = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["seq"] == "3")
+    client.delete_run(third.info.run_id)
+    assert registry.append(client, "m", _record(version="4"))["seq"] == 4
+    assert [r["seq"] for r in registry.history(client, "m")] == [1, 2, 4]
+
+
 def test_record_with_long_reason_is_kept_in_history(client):
     registry.append(client, "m", _record("review", reason="r" * 9000))
     registry.append(client, "m", _record())
@@ -317,7 +327,7 @@ def test_sqlite_lock_zero_timeout_fails_at_once(tmp_path):
     try:
         assert held.wait(10)
         with (
-            pytest.raises(RegistryError, match="another promotion holds"),
+            pytest.raises(RegistryError, match="another registry change holds"),
             registry.lock(uri, "m", tmp_path, timeout_s=0),
         ):
             pass
@@ -326,10 +336,34 @@ def test_sqlite_lock_zero_timeout_fails_at_once(tmp_path):
         holder.join(20)
 
 
-def test_remote_uri_lock_lives_in_state_dir(tmp_path):
+def test_remote_uri_lock_lives_in_state_dir_per_registry(tmp_path):
     state = tmp_path / "state"
     with registry.lock("http://tracking.invalid:5000", "m", state, timeout_s=1):
-        assert (state / "registry-m.lock").exists()
+        first = list(state.glob("registry-*-m.lock"))
+    with registry.lock("http://other.invalid:5000", "m", state, timeout_s=1):
+        both = list(state.glob("registry-*-m.lock"))
+    assert len(first) == 1 and len(both) == 2
+
+
+def test_relative_sqlite_uri_locks_the_same_file_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    held, release = FORK.Event(), FORK.Event()
+    args = ("sqlite:///mlflow.db", "m", str(tmp_path / "state"), held, release)
+    holder = FORK.Process(target=_hold, args=args)
+    holder.start()
+    try:
+        assert held.wait(10)
+        assert (tmp_path / "mlflow.db.m.lock").exists()
+        monkeypatch.chdir(tmp_path / "..")
+        # The same store named by its absolute path, from elsewhere, is the same lock.
+        with (
+            pytest.raises(RegistryError, match="another registry change holds"),
+            registry.lock(f"sqlite:///{tmp_path}/mlflow.db", "m", tmp_path, timeout_s=0),
+        ):
+            pass
+    finally:
+        release.set()
+        holder.join(20)
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +372,7 @@ def pg_uri() -> str:
     errors = []
     for uri in PG_URIS:
         try:
-            conn = psycopg2.connect(registry._pg_dsn(uri), connect_timeout=3)
+            conn = registry.pg_connect(uri + "?connect_timeout=3")
         except psycopg2.OperationalError as exc:
             errors.append(f"{uri}: {str(exc).strip().splitlines()[0]}")
             continue
@@ -347,11 +381,14 @@ def pg_uri() -> str:
     pytest.skip("no PostgreSQL reachable for the advisory-lock tests: " + "; ".join(errors))
 
 
-def test_pg_dsn():
-    assert registry._pg_dsn("postgresql://u:pw@db.example:6543/mlflow") == (
-        "host=db.example port=6543 dbname=mlflow user=u password=pw"
-    )
-    assert registry._pg_dsn("postgresql+psycopg2://h/d") == "host=h dbname=d"
+def test_pg_connect_passes_url_query_options(pg_uri):
+    conn = registry.pg_connect(pg_uri + "?application_name=mlplatform-test&connect_timeout=3")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW application_name")
+            assert cur.fetchone()[0] == "mlplatform-test"
+    finally:
+        conn.close()
 
 
 def test_postgres_lock_serialises_processes(pg_uri, tmp_path):
