@@ -213,6 +213,31 @@ class RegistryConfig(Strict):
     )
 
 
+# Test-set figures (metrics.evaluate) that promotion can compare or put a floor under.
+PROMOTION_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "average_precision",
+    "log_loss",
+    "brier",
+    "precision",
+    "recall",
+    "f1",
+    *(
+        f"{m}_{avg}"
+        for m in ("precision", "recall", "f1")
+        for avg in ("macro", "micro", "weighted")
+    ),
+)
+
+
+def _known_metric(name: str) -> str:
+    if name not in PROMOTION_METRICS:
+        raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(PROMOTION_METRICS)}")
+    return name
+
+
 class PromotionConfig(Strict):
     mode: Literal["enabled", "dry_run", "disabled"] = "enabled"
     primary_metric: str = "average_precision"
@@ -227,6 +252,23 @@ class PromotionConfig(Strict):
     require_card: bool = True
     require_explanations: bool = True
     latency_repeats: Annotated[int, Field(ge=5)] = 200
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _primary_known(cls, value: str) -> str:
+        return _known_metric(value)
+
+    @field_validator("secondary_metrics")
+    @classmethod
+    def _secondary_known(cls, value: list[str]) -> list[str]:
+        return [_known_metric(v) for v in value]
+
+    @field_validator("floors")
+    @classmethod
+    def _floors_known(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            _known_metric(name)
+        return value
 
 
 class ScoreConfig(Strict):

@@ -100,5 +100,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def _metric_key(key: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces."""
-    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+    """A class label made safe for a metric name: letters, digits, _ - . and spaces ("/"
+    is allowed by MLflow but reads as a path in the UI and file stores)."""
+    return "".join(ch if ch.isalnum() or ch in "_-. " else "_" for ch in key)

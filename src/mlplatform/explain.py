@@ -278,6 +278,25 @@ def chosen_rows(p_pos: np.ndarray, threshold: float | None, n: int) -> dict[str,
 
 
 def make_plots(
+    exp: Explanation,
+    values_df: pd.DataFrame,
+    summary: dict,
+    chosen: dict,
+    folder: Path,
+    seed: int = 0,
+) -> list[Path]:
+    """The explanation plots as PNGs. SHAP's beeswarm jitters points with NumPy's global
+    generator: it is seeded here (and restored after) so the same inputs give the same
+    files."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return _plots(exp, values_df, summary, chosen, folder)
+    finally:
+        np.random.set_state(state)
+
+
+def _plots(
     exp: Explanation, values_df: pd.DataFrame, summary: dict, chosen: dict, folder: Path
 ) -> list[Path]:
     import matplotlib
@@ -353,7 +372,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     p_pos = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
     chosen = chosen_rows(p_pos, model.threshold, cfg.n_local)
     summary.update(
-        seconds=seconds,
         sample_rows=[int(i) for i in sample.index],
         chosen_rows={k: [int(sample.index[i]) for i in v] for k, v in chosen.items()},
     )
@@ -365,11 +383,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         table[f"{prefix}base_value"] = exp.base[k]
         table[f"{prefix}model_output"] = exp.output[:, k]
     with atomic_dir(paths.explain) as tmp:
-        make_plots(exp, feature_values(sample, model), summary, chosen, tmp)
+        make_plots(exp, feature_values(sample, model), summary, chosen, tmp, params.seed)
         table.to_parquet(tmp / "shap_values.parquet", index=False)
         write_json(tmp / "summary.json", summary)
     tracking.setup(params)
-    mlflow.MlflowClient().log_artifacts(trained["run_id"], str(paths.explain), "explain")
+    client = mlflow.MlflowClient()
+    client.log_artifacts(trained["run_id"], str(paths.explain), "explain")
+    # Timing goes to MLflow, not into summary.json (a DVC output must not change run to run).
+    client.log_metric(trained["run_id"], "explain_seconds", seconds)
     log.info(
         "explained %d rows with the %s explainer in %.1f s; top: %s",
         len(sample),

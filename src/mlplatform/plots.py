@@ -19,15 +19,19 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from mlplatform.io import atomic_path
+
 # Fixed metadata keeps PNG bytes identical across runs.
 _PNG_META = {"Software": None}
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=_PNG_META)
-    plt.close(fig)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=90, metadata=_PNG_META, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

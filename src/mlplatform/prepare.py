@@ -18,7 +18,7 @@ from mlplatform import validate
 from mlplatform.config import SPLITS, Params, Paths
 from mlplatform.errors import DataValidationError
 from mlplatform.ingest import describe_source
-from mlplatform.io import read_json, write_json, write_parquet
+from mlplatform.io import atomic_dir, read_json, write_json, write_parquet
 from mlplatform.schema import ColumnSpec
 
 log = logging.getLogger(__name__)
@@ -287,9 +287,11 @@ def run(params: Params, paths: Paths) -> dict:
     origin = describe_source(params)
     raw = read_raw(paths)
     parts, schema, summary = build(params, raw, origin)
-    for name in SPLITS:
-        write_parquet(paths.split(name), parts[name])
-    write_json(paths.schema, schema.to_dict())
+    # data/prepared is swapped in whole: never splits from one run and a schema from another.
+    with atomic_dir(paths.prepared) as tmp:
+        for name in SPLITS:
+            write_parquet(tmp / paths.split(name).name, parts[name])
+        write_json(tmp / paths.schema.name, schema.to_dict())
     write_json(paths.data_summary, summary)
     log.info(
         "prepared %s: %d train / %d validation / %d test rows, %d duplicates removed",

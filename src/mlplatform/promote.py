@@ -310,6 +310,8 @@ def promote(
                     "promotion.at": record["when"],
                     "promotion.seq": str(record["seq"]),
                     "promotion.rules": {r.name: r.outcome for r in verdict.rules},
+                    # A review is only valid against the champion it was compared with.
+                    "promotion.champion_at_decision": champion or "none",
                 },
             )
             for v in {version, champion} - {None}:
@@ -360,7 +362,9 @@ def _apply(
             registry.set_alias(client, name, registry.PREVIOUS, champion, mirror)
             registry.archive_stage(client, name, champion, mirror)
         registry.set_alias(client, name, registry.CHAMPION, version, mirror)
-        if before.get(registry.CHALLENGER) == version:
+        # A challenger waiting for review was compared with the old champion: that
+        # comparison no longer holds (it must be promoted again against the new one).
+        if before.get(registry.CHALLENGER) is not None:
             registry.set_alias(client, name, registry.CHALLENGER, None, mirror)
     elif decision == "review":
         registry.set_alias(client, name, registry.CHALLENGER, version, mirror)
@@ -391,6 +395,14 @@ def review(
             raise RegistryError(
                 f"registered model '{name}' version {version} is not waiting for review "
                 f"(challenger is {before.get(registry.CHALLENGER) or 'unset'})"
+            )
+        compared_with = mv.tags.get("promotion.champion_at_decision")
+        champion_now = before.get(registry.CHAMPION) or "none"
+        if approve and compared_with is not None and compared_with != champion_now:
+            raise RegistryError(
+                f"registered model '{name}' version {version} was compared with champion "
+                f"{compared_with}, but the champion is now {champion_now}; run "
+                f"`mlplatform promote --version {version}` again before reviewing it"
             )
         decision = "approve" if approve else "reject"
         if approve:

@@ -106,7 +106,9 @@ def _csv_batches(path: Path, columns: list[str], chunk_rows: int) -> Iterator[pa
     # Model columns are read as text and typed by the model's own coercion, so one bad
     # value marks one row instead of failing a whole block.
     convert = csv.ConvertOptions(
-        column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=True
+        column_types=dict.fromkeys(columns, pa.string()),
+        strings_can_be_null=True,
+        include_columns=columns,  # other columns are never read (nor type-inferred)
     )
     reader = csv.open_csv(
         path, read_options=csv.ReadOptions(block_size=1 << 22), convert_options=convert
@@ -143,7 +145,7 @@ def read_chunks(path: Path, chunk_rows: int, columns: list[str]) -> tuple[Iterat
             missing = [c for c in columns if c not in names]
             if missing:
                 raise DataValidationError(f"{path}: missing column(s) {', '.join(missing)}")
-            return pf.iter_batches(batch_size=chunk_rows), pf.metadata.num_rows
+            return pf.iter_batches(batch_size=chunk_rows, columns=columns), pf.metadata.num_rows
         if suffix == ".csv":
             from pyarrow import csv
 
@@ -246,7 +248,7 @@ def run_score(
     kinds = {
         s.name: {"numeric": "number", "datetime": "date"}.get(s.kind, s.kind) for s in scorer.specs
     }
-    batches, total = read_chunks(input_path, chunk_rows, [*columns, *keep])
+    batches, total = read_chunks(input_path, chunk_rows, list(dict.fromkeys([*columns, *keep])))
     summary = ScoreSummary(str(input_path), str(output_path), uri, name, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     errors: list[dict[str, Any]] = []
@@ -294,6 +296,11 @@ def run_score(
                 summary.rows_scored += len(rows)
                 summary.chunks += 1
                 bar.update(len(frame))
+        except pa.ArrowInvalid as exc:  # a malformed line further into the file
+            raise DataValidationError(
+                f"{input_path}: cannot read the file after row {summary.rows_in} "
+                f"({str(exc).splitlines()[0][:200]}); nothing was written"
+            ) from None
         finally:
             writer.close()
             bar.close()

@@ -8,7 +8,9 @@ is kept under models/model as a DVC output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -189,7 +191,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     schema = load_schema(paths)
     train, valid = load_split(paths, "train"), load_split(paths, "validation")
     fitted = fit(params, schema, train, valid, family, hp)
-    _, exp_id = tracking.setup(params)
+    client, exp_id = tracking.setup(params)
     tags = tracking.lineage(params, paths, {s: paths.split(s) for s in ("train", "validation")})
     tags.update(
         {
@@ -200,7 +202,16 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         }
     )
     example = valid[schema.feature_names].head(5)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{family}", tags=tags) as run:
+    # Always a run of our own: under `mlflow run` MLFLOW_RUN_ID names the project's run,
+    # which mlflow.start_run() would silently reuse (possibly in another experiment).
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        tags["mlplatform.mlflow_project_run_id"] = outer
+        with contextlib.suppress(Exception):
+            if client.get_run(outer).info.experiment_id == exp_id:
+                tags["mlflow.parentRunId"] = outer
+    own = client.create_run(exp_id, run_name=f"train-{family}", tags=tags)
+    with mlflow.start_run(run_id=own.info.run_id) as run:
         mlflow.log_params(
             {
                 "family": family,

@@ -220,6 +220,21 @@ def test_batch_missing_column_is_a_one_line_error(project, tmp_path):
     assert "missing column(s) pirat" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_malformed_csv_line_late_in_the_file_is_one_line_and_writes_nothing(project, tmp_path):
+    test = pd.read_parquet(project / "data/prepared/test.parquet").drop(columns=["deny"])
+    src = tmp_path / "broken.csv"
+    test.assign(extra="x").to_csv(src, index=False)  # unused columns are not read
+    with open(src, "a") as fh:
+        fh.write("1,2,3\n")  # too few fields, after the first chunk
+    out = tmp_path / "never.parquet"
+    result = run_cli(project, "score", str(src), str(out), "--chunk-rows", "50", check=False)
+    assert result.returncode != 0, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(src) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
 def test_chunks_do_not_change_results(project, tmp_path):
     test = pd.read_parquet(project / "data/prepared/test.parquet").drop(columns=["deny"])
     src = tmp_path / "all.parquet"

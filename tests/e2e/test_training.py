@@ -165,9 +165,19 @@ def test_metrics_report(trained_project):
 
 
 def test_same_inputs_same_metrics(trained_project, tmp_path):
-    """A second fresh run with the same seed, data and params gives identical metrics."""
+    """A second fresh run with the same seed, data and params gives identical metrics.
+
+    It runs as `mlflow run` would start it (MLFLOW_RUN_ID naming the project's run, in
+    another experiment): training must still make a run of its own.
+    """
     other = write_project(tmp_path / "again")
-    run_stages(other, *TRAIN_STAGES)
+    client = client_for(other)
+    outer = client.create_run(client.create_experiment("mlflow-project")).info.run_id
+    run_cli(other, "pipeline", "--stages", ",".join(TRAIN_STAGES), env={"MLFLOW_RUN_ID": outer})
+    trained = json.loads((other / "reports/train.json").read_text())
+    assert trained["run_id"] != outer
+    assert client.get_run(trained["run_id"]).data.tags["mlplatform.mlflow_project_run_id"] == outer
+    assert not client.get_run(outer).data.params
     for rel in (
         "reports/metrics.json",
         "data/prepared/train.parquet",

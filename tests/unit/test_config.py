@@ -271,3 +271,31 @@ def test_empty_params_file_is_a_config_error(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match=str(path)):
         load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("promotion.primary_metric", "auc"),
+        ("promotion.secondary_metrics", ["roc_auc", "recal"]),
+        ("promotion.floors", {"average_precison": 0.3}),
+    ],
+)
+def test_unknown_promotion_metric_is_named(dotted, value):
+    message = config_error(set_key(default_raw(), dotted, value))
+    assert dotted in message and "unknown metric" in message
+
+
+def test_promotion_metric_names_are_what_evaluation_reports():
+    import numpy as np
+
+    from mlplatform.config import PROMOTION_METRICS
+    from mlplatform.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    reported = set()
+    for k in (2, 3):
+        y = np.arange(60) % k
+        proba = rng.dirichlet(np.ones(k), size=60)
+        reported |= set(evaluate(y, proba, list(range(k)), 0.5 if k == 2 else None))
+    assert set(PROMOTION_METRICS) <= reported
