@@ -427,3 +427,38 @@ def test_postgres_lock_zero_timeout_fails_fast(pg_uri, tmp_path):
     finally:
         release.set()
         holder.join(20)
+
+
+def _hold_study(uri: str, study: str, held, release) -> None:
+    import os
+
+    from mlplatform import tune
+
+    os.environ["MLPLATFORM_OPTUNA_STORAGE"] = uri
+    with tune.shared_study_lock(study):
+        held.set()
+        release.wait(20)
+
+
+def test_shared_postgres_study_is_driven_by_one_tune(pg_uri, monkeypatch):
+    from mlplatform import tune
+
+    study = f"s-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MLPLATFORM_OPTUNA_STORAGE", pg_uri)
+    held, release = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold_study, args=(pg_uri, study, held, release))
+    holder.start()
+    try:
+        assert held.wait(10)
+        with (
+            pytest.raises(RegistryError, match=f"Optuna study '{study}': another tune"),
+            tune.shared_study_lock(study),
+        ):
+            pass
+        with tune.shared_study_lock(f"{study}-other"):  # other studies are not blocked
+            pass
+    finally:
+        release.set()
+        holder.join(20)
+    with tune.shared_study_lock(study):  # released with its holder
+        pass
