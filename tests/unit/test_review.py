@@ -6,9 +6,9 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import write_project
 from mlflow_store import new_client
 
+from conftest import write_project
 from mlplatform import promote, registry
 from mlplatform.config import Paths, load_params
 from mlplatform.errors import RegistryError
@@ -63,7 +63,7 @@ def test_stale_review_is_refused_after_the_champion_changed(setup):
 
 
 def test_approving_another_version_clears_a_waiting_challenger(setup):
-    params, paths, client, name = setup
+    _, _, client, name = setup
     after = promote._apply(
         client, name, "3", "approve", registry.aliases(client, name), mirror=False
     )
