@@ -75,10 +75,21 @@ def _html_escape(value: Any) -> Any:
     return html.escape(text, quote=True).translate(_HTML_SPECIAL)
 
 
+def _one_line(value: Any) -> str:
+    """Any line break (\\r, \\n, Unicode separators) would end a code span or table row."""
+    return " ".join(str(value).split())
+
+
 def _code(value: Any) -> markupsafe.Markup:
-    """A value as an inline code span (inert in Markdown; the HTML renderer escapes it)."""
-    text = str(value).replace("`", "'").replace("|", "\\|").replace("\n", " ")
+    """A value as an inline Markdown code span (inert; ``|`` escaped the GFM-table way)."""
+    text = _one_line(value).replace("`", "'").replace("|", "\\|")
     return markupsafe.Markup(f"`{text}`")
+
+
+def _html_code(value: Any) -> markupsafe.Markup:
+    """A value as an HTML <code> element, for the Markdown that becomes the HTML page."""
+    text = html.escape(_one_line(value), quote=True).translate(_HTML_SPECIAL)
+    return markupsafe.Markup(f"<code>{text}</code>")
 
 
 def _trusted(value: Any) -> Any:
@@ -86,7 +97,7 @@ def _trusted(value: Any) -> Any:
     return value if value is None else markupsafe.Markup(str(value))
 
 
-def _environment(finalize) -> jinja2.Environment:
+def _environment(finalize, code) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mlplatform", "templates"),
         autoescape=False,  # Markdown templates; values are escaped by `finalize`
@@ -96,7 +107,7 @@ def _environment(finalize) -> jinja2.Environment:
         finalize=finalize,
     )
     env.filters["fmt"] = _fmt
-    env.filters["code"] = _code
+    env.filters["code"] = code
     env.filters["trusted"] = _trusted
     return env
 
@@ -114,8 +125,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 # Markdown for files and descriptions; the same Markdown with HTML-escaped values for the page.
-_env = _environment(_md_escape)
-_html_env = _environment(_html_escape)
+_env = _environment(_md_escape, _code)
+_html_env = _environment(_html_escape, _html_code)
 # The HTML page around the rendered card: plain HTML autoescaping, no Markdown rules.
 _page_env = jinja2.Environment(
     loader=jinja2.PackageLoader("mlplatform", "templates"),

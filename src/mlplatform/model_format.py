@@ -366,7 +366,7 @@ def load_pyfunc(uri_or_path: str | Path) -> Any:
     local = Path(str(uri_or_path))
     if local.is_dir():
         check_mlmodel(local)
-        return mlflow.pyfunc.load_model(str(local))
+        return _load_checked(local, uri_or_path)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(artifact_uri=str(uri_or_path), dst_path=tmp)
@@ -376,7 +376,20 @@ def load_pyfunc(uri_or_path: str | Path) -> Any:
             ) from None
         check_mlmodel(Path(path))
         # Everything is read into memory at load time, so the folder can go afterwards.
-        return mlflow.pyfunc.load_model(path)
+        return _load_checked(Path(path), uri_or_path)
+
+
+def _load_checked(folder: Path, name: str | Path) -> Any:
+    """Load a folder check_mlmodel accepted; a failure is one ModelError naming the model."""
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(str(folder))
+    except ModelError:
+        raise
+    except Exception as exc:  # skops untrusted types, a corrupt model.json, ...
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(f"{name}: cannot load model ({reason})") from None
 
 
 def write_folder(

@@ -97,7 +97,9 @@ def conform_types(frame: pd.DataFrame, specs: list[ColumnSpec]) -> pd.DataFrame:
                 else col.astype("float64")
             )
         elif s.input_type == "string":
-            if not (col.dtype == object or isinstance(col.dtype, pd.StringDtype)):
+            if not isinstance(col.dtype, pd.StringDtype) and not (
+                col.dtype == object and col.map(lambda v: v is None or isinstance(v, str)).all()
+            ):
                 col = (
                     col.astype(object)
                     .where(col.notna(), None)

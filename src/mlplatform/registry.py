@@ -68,7 +68,13 @@ def pg_connect(uri: str) -> Any:
         "password": url.password,
         **{k: (v if isinstance(v, str) else v[-1]) for k, v in url.query.items()},
     }
-    return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+    try:
+        return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no reason"
+        raise RegistryError(
+            f"{url.render_as_string(hide_password=True)}: cannot connect ({reason})"
+        ) from None
 
 
 def is_postgres(uri: str | None) -> bool:

@@ -252,8 +252,12 @@ class _Child:
                 break
             except queue.Empty:
                 if not self.proc.is_alive():
-                    self.kill()
-                    raise RuntimeError(f"{self.proc.name} died") from None
+                    try:  # it may have posted its result just before exiting
+                        status, payload = self.results.get(timeout=1)
+                        break
+                    except queue.Empty:
+                        self.kill()
+                        raise RuntimeError(f"{self.proc.name} died") from None
                 if time.monotonic() > deadline:
                     self.kill()
                     raise RuntimeError(f"{self.proc.name} did not finish") from None

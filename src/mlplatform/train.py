@@ -204,12 +204,17 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     example = valid[schema.feature_names].head(5)
     # Always a run of our own: under `mlflow run` MLFLOW_RUN_ID names the project's run,
     # which mlflow.start_run() would silently reuse (possibly in another experiment).
-    outer = os.environ.get("MLFLOW_RUN_ID")
+    # Read once and cleared, so no later fluent call (or forked helper) attaches to it.
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)
     if outer:
         tags["mlplatform.mlflow_project_run_id"] = outer
         with contextlib.suppress(Exception):
             if client.get_run(outer).info.experiment_id == exp_id:
                 tags["mlflow.parentRunId"] = outer
+    from mlflow.tracking.context import registry as context_registry
+
+    # The user, source and git tags mlflow.start_run() would add.
+    tags = context_registry.resolve_tags(tags)
     own = client.create_run(exp_id, run_name=f"train-{family}", tags=tags)
     with mlflow.start_run(run_id=own.info.run_id) as run:
         mlflow.log_params(

@@ -6,6 +6,8 @@ line naming the file and the column at fault. Nothing here writes a file.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -62,6 +64,16 @@ def check_values(frame: pd.DataFrame, origin: str) -> None:
                 raise _fail(origin, f"column '{col}' has {n_inf} infinite value(s)")
 
 
+def same_label(value: Any, wanted: Any) -> bool:
+    """A class label as written in params: "1", 1 and 1.0 all name the class 1."""
+    if str(value) == str(wanted):
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
 def check_target(frame: pd.DataFrame, data: DataConfig, origin: str) -> list:
     """The target must have at least two classes, each large enough to split.
 
@@ -80,7 +92,7 @@ def check_target(frame: pd.DataFrame, data: DataConfig, origin: str) -> list:
                 f"target column '{data.target}' is binary ({_preview(values)}): "
                 "set data.positive_class to one of them",
             )
-        match = [v for v in values if str(v) == str(data.positive_class)]
+        match = [v for v in values if same_label(v, data.positive_class)]
         if not match:
             raise _fail(
                 origin,
@@ -90,7 +102,7 @@ def check_target(frame: pd.DataFrame, data: DataConfig, origin: str) -> list:
         positive = match[0]
         values = [v for v in values if v != positive] + [positive]
     elif data.positive_class is not None and not any(
-        str(v) == str(data.positive_class) for v in values
+        same_label(v, data.positive_class) for v in values
     ):
         raise _fail(
             origin,

@@ -531,6 +531,17 @@ def test_markdown_syntax_from_the_data_stays_text_in_html():
     assert "<title>Model card: credit&lt;/title&gt;" in html
 
 
+def test_line_breaks_in_data_values_cannot_end_a_code_span():
+    import markdown
+
+    ctx = binary_context()
+    ctx["data"]["features"][0]["name"] = "a\r\r<img src=x onerror=alert(1)>\u2028b"
+    html = card.render_html(ctx, images())
+    assert "<img src=x" not in html and "onerror=alert(1)>" not in html
+    rendered = markdown.markdown(card.render_markdown(ctx, images()), extensions=["tables"])
+    assert "<img src=x" not in rendered
+
+
 def test_markdown_syntax_from_the_data_stays_text_in_markdown():
     import markdown
 

@@ -373,7 +373,7 @@ def pg_uri() -> str:
     for uri in PG_URIS:
         try:
             conn = registry.pg_connect(uri + "?connect_timeout=3")
-        except psycopg2.OperationalError as exc:
+        except (psycopg2.OperationalError, RegistryError) as exc:
             errors.append(f"{uri}: {str(exc).strip().splitlines()[0]}")
             continue
         conn.close()
@@ -462,3 +462,9 @@ def test_shared_postgres_study_is_driven_by_one_tune(pg_uri, monkeypatch):
         holder.join(20)
     with tune.shared_study_lock(study):  # released with its holder
         pass
+
+
+def test_unreachable_postgres_is_a_one_line_registry_error():
+    with pytest.raises(RegistryError, match=r"127\.0\.0\.1:1/x\?connect_timeout=2: cannot") as err:
+        registry.pg_connect("postgresql://u:secret@127.0.0.1:1/x?connect_timeout=2")
+    assert "secret" not in str(err.value)

@@ -677,3 +677,25 @@ def test_cli_prepare_on_a_corrupt_raw_parquet_prints_one_error_line(tmp_path):
     result = run_cli_prepare(tmp_path)
     assert_nothing_written(tmp_path)
     assert_one_line_error(result)
+
+
+@pytest.mark.parametrize("written", ["1", 1, 1.0, "1.0"])
+def test_float_01_target_and_any_spelling_of_the_positive_class(written):
+    frame = make_frame()
+    frame["y"] = (frame["y"] == "yes").astype(float)
+    frame.loc[0, "y"] = np.nan  # why a 0/1 target is read as float
+    parts, schema, _ = prepare.build(make_params(positive_class=written), frame, ORIGIN)
+    assert schema.classes == [0, 1] and schema.positive_class == 1
+    assert parts["train"]["y"].dtype == "int64"
+
+
+def test_categorical_with_number_categories_is_stored_as_text():
+    frame = make_frame()
+    frame["cat"] = pd.Categorical(np.where(np.arange(len(frame)) % 3 == 0, 7, 8))
+    frame.loc[1, "cat"] = np.nan
+    parts, schema, _ = prepare.build(make_params(), frame, ORIGIN)
+    spec = next(s for s in schema.features if s.name == "cat")
+    assert spec.input_type == "string"
+    values = pd.concat(parts.values())["cat"]
+    assert {type(v) for v in values.dropna()} == {str}
+    assert set(values.dropna()) == {"7", "8"}
