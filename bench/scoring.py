@@ -39,24 +39,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, bench_params
+
 BIN = Path(sys.executable).parent
 warnings.filterwarnings("ignore")
 logging.disable(logging.INFO)
-
-
-def _params(workdir: Path, overrides: dict):
-    from mlplatform.config import parse_params
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, key = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[key] = value
-    raw["mlflow"]["tracking_uri"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    return parse_params(raw)
 
 
 def _fit_pipeline(params, paths, n_estimators=300, max_depth=6, sample=None):
@@ -216,7 +203,7 @@ def live(args, workdir: Path) -> dict:
     from mlplatform import ingest, model_format, prepare
     from mlplatform.config import Paths
 
-    params = _params(
+    params = bench_params(
         workdir,
         {
             "data.source": "lending_club",
@@ -376,7 +363,7 @@ def batch(args, workdir: Path) -> dict:
 
     # The model: 300 trees trained on part of the data (prediction cost does not depend
     # on how many rows it was trained on).
-    params = _params(
+    params = bench_params(
         workdir,
         {
             "data.source": "synthetic_fraud",

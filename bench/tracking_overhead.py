@@ -29,26 +29,17 @@ import time
 import warnings
 from pathlib import Path
 
-import yaml
+from common import ROOT, bench_params
 
-ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
 logging.disable(logging.INFO)
 
 
 def make_project(workdir: Path, overrides: dict) -> tuple:
     from mlplatform import ingest, prepare
-    from mlplatform.config import Paths, parse_params
+    from mlplatform.config import Paths
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, key = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[key] = value
-    raw["mlflow"]["tracking_uri"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    params = parse_params(raw)
+    params = bench_params(workdir, overrides)
     paths = Paths(workdir)
     ingest.run(params, paths)
     prepare.run(params, paths)

@@ -102,6 +102,21 @@ def client_for(project: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# Every section a model card must have (unit and end-to-end card tests).
+SECTIONS = (
+    "Model details",
+    "Intended use",
+    "Out of scope",
+    "Training data",
+    "Evaluation",
+    "Performance by subgroup",
+    "Fairness",
+    "Explanations (SHAP)",
+    "Known limitations",
+    "Lineage",
+    "Approvals",
+)
+
 TRAIN_STAGES = ("ingest", "prepare", "tune", "train", "evaluate")
 
 

@@ -11,21 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from conftest import TRAIN_STAGES, client_for, run_stages, write_project
+from conftest import SECTIONS, TRAIN_STAGES, client_for, run_stages, write_project
 
-SECTIONS = (
-    "Model details",
-    "Intended use",
-    "Out of scope",
-    "Training data",
-    "Evaluation",
-    "Performance by subgroup",
-    "Fairness",
-    "Explanations (SHAP)",
-    "Known limitations",
-    "Lineage",
-    "Approvals",
-)
 CULTIVARS = {0: "barolo", 1: "grignolino", 2: "barbera"}
 REGIONS = ("north", "south", "east")
 

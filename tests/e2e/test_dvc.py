@@ -13,20 +13,9 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, cli_env, client_for, write_project
+from mlplatform.cli import STAGES as ALL_STAGES
 
 pytestmark = pytest.mark.e2e
-
-ALL_STAGES = [
-    "ingest",
-    "prepare",
-    "tune",
-    "train",
-    "evaluate",
-    "explain",
-    "card",
-    "register",
-    "promote",
-]
 
 
 def sh(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

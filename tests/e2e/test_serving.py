@@ -16,20 +16,9 @@ import pandas as pd
 import pytest
 
 from conftest import BIN, ROOT, cli_env, run_cli, run_stages, write_project
+from mlplatform.cli import STAGES
 
 pytestmark = pytest.mark.e2e
-
-STAGES = (
-    "ingest",
-    "prepare",
-    "tune",
-    "train",
-    "evaluate",
-    "explain",
-    "card",
-    "register",
-    "promote",
-)
 
 
 def _free_port() -> int:

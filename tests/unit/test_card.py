@@ -8,23 +8,10 @@ import re
 
 import pytest
 
-from conftest import make_params
+from conftest import SECTIONS, make_params
 from mlplatform import card
 from mlplatform.config import parse_params
 
-SECTIONS = (
-    "Model details",
-    "Intended use",
-    "Out of scope",
-    "Training data",
-    "Evaluation",
-    "Performance by subgroup",
-    "Fairness",
-    "Explanations (SHAP)",
-    "Known limitations",
-    "Lineage",
-    "Approvals",
-)
 # A real (1 x 1 pixel) PNG, so the HTML embeds what the pipeline would embed.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
