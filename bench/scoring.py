@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import random
 import resource
 import shutil
 import socket
@@ -111,9 +112,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(uri: str, workdir: Path, log_name: str) -> tuple[subprocess.Popen, int]:
+def _serve(
+    uri: str, workdir: Path, log_name: str, extra_env: dict | None = None
+) -> tuple[subprocess.Popen, int]:
     port = _free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(extra_env or {}),
+    }
     log = open(workdir / f"{log_name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -149,6 +156,19 @@ def _serve(uri: str, workdir: Path, log_name: str) -> tuple[subprocess.Popen, in
     raise RuntimeError(f"server for {uri} did not start; see {workdir / log_name}.log")
 
 
+def _empty_model(ours_uri: str, workdir: Path) -> str:
+    """Our logged model with its loader swapped for ``empty_model`` (a model that does no
+    work): same signature, same answer shape, so serving it measures MLflow's own cost."""
+    import mlflow
+    from mlflow.models import Model
+
+    folder = Path(mlflow.artifacts.download_artifacts(ours_uri, dst_path=str(workdir / "empty")))
+    meta = Model.load(str(folder / "MLmodel"))
+    meta.flavors["python_function"]["loader_module"] = "empty_model"
+    meta.save(str(folder / "MLmodel"))
+    return str(folder)
+
+
 class Client:
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -162,10 +182,16 @@ class Client:
         return json.loads(data)
 
 
-def _payload(rows: pd.DataFrame) -> bytes:
-    return json.dumps(
-        {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-    ).encode()
+# The request formats of MLflow's scoring protocol, each carrying the same rows.
+FORMATS = ("dataframe_split", "dataframe_records", "inputs")
+
+
+def _payload(rows: pd.DataFrame, fmt: str = "dataframe_split") -> bytes:
+    if fmt == "dataframe_split":
+        body = json.loads(rows.to_json(orient="split", index=False))
+    else:
+        body = json.loads(rows.to_json(orient="records"))
+    return json.dumps({fmt: body}).encode()
 
 
 def _throughput_worker(port: int, bodies: list[bytes], seconds: float, out) -> None:
@@ -197,6 +223,27 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
+SERVERS = ("ours", "stock", "empty")
+
+
+def _latencies(clients: dict, bodies: list[bytes], reps: int, seed: int) -> dict[str, list]:
+    """Per server, the time of each request; every round posts the same body to each
+    server, in a shuffled order."""
+    for name in clients:  # warm-up
+        for b in bodies[:20]:
+            clients[name].post(b)
+    rng = random.Random(seed)
+    lat: dict[str, list[float]] = {name: [] for name in clients}
+    for i in range(reps):
+        order = list(clients)
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            clients[name].post(bodies[i % len(bodies)])
+            lat[name].append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
 def live(args, workdir: Path) -> dict:
     import mlflow
 
@@ -224,6 +271,7 @@ def live(args, workdir: Path) -> dict:
     train_raw, test = load_split(paths, "train"), load_split(paths, "test")
     ours_uri = _log_ours(schema, fitted, valid)
     stock_uri, pipe = _log_stock(schema, fitted, train_raw)
+    empty_uri = _empty_model(ours_uri, workdir)
 
     # Predictions identical to the training pipeline's, on every test row.
     ours_model = mlflow.pyfunc.load_model(ours_uri)
@@ -237,7 +285,7 @@ def live(args, workdir: Path) -> dict:
     ]
     same_labels = bool((out["prediction"].to_numpy() == labels).all())
 
-    # The floor: the booster's own arithmetic on already-encoded rows.
+    # The floor: the booster's own arithmetic on already-encoded rows, in process.
     impl = ours_model._model_impl
     enc1, _ = impl.transform(x_test.iloc[:1])
     enc100, _ = impl.transform(x_test.iloc[:100])
@@ -254,59 +302,67 @@ def live(args, workdir: Path) -> dict:
     try:
         for name, uri in (("ours", ours_uri), ("stock", stock_uri)):
             servers[name] = _serve(uri, workdir, f"serve-{name}")
-        clients = {name: Client(port) for name, (_, port) in servers.items()}
-        singles = [_payload(x_test.iloc[[i]]) for i in range(200)]
-        hundreds = [_payload(x_test.iloc[i * 100 : (i + 1) * 100]) for i in range(10)]
-        # Served predictions equal in-process ones.
-        got = clients["ours"].post(_payload(x_test.iloc[:100]))["predictions"]
-        served_same = all(
-            abs(g[cols[1]] - e) == 0.0 for g, e in zip(got, expected[:100, 1], strict=True)
+        servers["empty"] = _serve(
+            empty_uri, workdir, "serve-empty", {"PYTHONPATH": str(Path(__file__).parent)}
         )
-        lat: dict[str, dict[str, list[float]]] = {n: {"1": [], "100": []} for n in servers}
-        for label, bodies, reps in (("1", singles, args.requests), ("100", hundreds, 200)):
-            for name in servers:  # warm-up
-                for b in bodies[:20]:
-                    clients[name].post(b)
-            for i in range(reps):
-                order = ("ours", "stock") if i % 2 == 0 else ("stock", "ours")
+        clients = {name: Client(port) for name, (_, port) in servers.items()}
+        singles = {f: [_payload(x_test.iloc[[i]], f) for i in range(200)] for f in FORMATS}
+        hundreds = {
+            f: [_payload(x_test.iloc[i * 100 : (i + 1) * 100], f) for i in range(10)]
+            for f in ("dataframe_split", "inputs")
+        }
+        # Served predictions equal in-process ones, in every request format.
+        served_same = True
+        for f in FORMATS:
+            got = clients["ours"].post(_payload(x_test.iloc[:100], f))["predictions"]
+            served_same &= got == out.iloc[:100].to_dict(orient="records")
+        lat: dict[str, dict] = {}
+        for k, f in enumerate(FORMATS):
+            lat[f"1/{f}"] = _latencies(clients, singles[f], args.requests, seed=k)
+        for k, f in enumerate(hundreds):
+            lat[f"100/{f}"] = _latencies(clients, hundreds[f], 200, seed=10 + k)
+        rps: dict[str, dict[str, list[float]]] = {}
+        for f in ("dataframe_split", "inputs"):
+            rps[f] = {name: [] for name in servers}
+            for rnd in range(2):
+                order = list(SERVERS) if rnd == 0 else list(reversed(SERVERS))
                 for name in order:
-                    t0 = time.perf_counter()
-                    clients[name].post(bodies[i % len(bodies)])
-                    lat[name][label].append((time.perf_counter() - t0) * 1000)
-        rps: dict[str, list[float]] = {n: [] for n in servers}
-        for _round in range(2):
-            for name in ("ours", "stock") if _round == 0 else ("stock", "ours"):
-                rps[name].append(throughput(servers[name][1], singles, 4, args.seconds))
+                    rps[f][name].append(throughput(servers[name][1], singles[f], 4, args.seconds))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
         for proc, _ in servers.values():
             proc.wait(timeout=30)
 
-    res = {
-        name: {
-            "p50_1row_ms": statistics.median(lat[name]["1"]),
-            "p99_1row_ms": _pct(lat[name]["1"], 0.99),
-            "p50_100rows_ms": statistics.median(lat[name]["100"]),
-            "p99_100rows_ms": _pct(lat[name]["100"], 0.99),
-            "rps_4_clients": statistics.mean(rps[name]),
-            "rps_rounds": rps[name],
+    latency = {
+        key: {
+            name: {"p50_ms": statistics.median(xs), "p99_ms": _pct(xs, 0.99)}
+            for name, xs in per_server.items()
         }
-        for name in servers
+        for key, per_server in lat.items()
     }
+    for per_server in latency.values():
+        stock = per_server["stock"]
+        for name in ("ours", "empty"):
+            per_server[name]["ratio_p50"] = per_server[name]["p50_ms"] / stock["p50_ms"]
+            per_server[name]["ratio_p99"] = per_server[name]["p99_ms"] / stock["p99_ms"]
+    requests_per_s = {
+        f: {name: statistics.mean(v) for name, v in per_server.items()}
+        for f, per_server in rps.items()
+    }
+    for per_server in requests_per_s.values():
+        per_server["ratio_ours"] = per_server["ours"] / per_server["stock"]
+        per_server["ratio_empty"] = per_server["empty"] / per_server["stock"]
     return {
         "dataset": "lending_club",
         "columns": len(schema.feature_names),
         "trees": 300,
         "predictions_identical_to_pipeline": identical and same_labels,
-        "served_equals_in_process": served_same,
+        "served_equals_in_process": bool(served_same),
         "floor_inplace_predict_ms": {"1row": floor["1"], "100rows": floor["100"]},
-        "ours": res["ours"],
-        "stock": res["stock"],
-        "ratio_p50_1row": res["ours"]["p50_1row_ms"] / res["stock"]["p50_1row_ms"],
-        "ratio_p99_1row": res["ours"]["p99_1row_ms"] / res["stock"]["p99_1row_ms"],
-        "ratio_p50_100rows": res["ours"]["p50_100rows_ms"] / res["stock"]["p50_100rows_ms"],
-        "ratio_rps": res["ours"]["rps_4_clients"] / res["stock"]["rps_4_clients"],
+        "latency": latency,
+        "requests_per_s_4_clients": requests_per_s,
+        "rps_rounds": rps,
     }
 
 
@@ -445,12 +501,42 @@ def batch(args, workdir: Path) -> dict:
     }
 
 
+def _print_live(r: dict) -> None:
+    err = sys.stderr
+    print(
+        f"live (LendingClub, {r['trees']} trees; 'empty' is a model that does no work, "
+        "served the same way):",
+        file=err,
+    )
+    for key, per in r["latency"].items():
+        print(
+            f"  p50 {key:<22} ours {per['ours']['p50_ms']:6.2f} ms  stock "
+            f"{per['stock']['p50_ms']:6.2f} ms  -> {per['ours']['ratio_p50']:.2f}x "
+            f"(p99 {per['ours']['ratio_p99']:.2f}x; empty {per['empty']['ratio_p50']:.2f}x)",
+            file=err,
+        )
+    for fmt, per in r["requests_per_s_4_clients"].items():
+        print(
+            f"  req/s 4 clients {fmt:<16} ours {per['ours']:5.0f}  stock {per['stock']:5.0f}"
+            f"  -> {per['ratio_ours']:.2f}x (empty {per['ratio_empty']:.2f}x)",
+            file=err,
+        )
+    print(
+        f"  floor (booster on encoded rows) {r['floor_inplace_predict_ms']['1row']:.3f} ms; "
+        f"identical to the pipeline: {r['predictions_identical_to_pipeline']}; served = "
+        f"in-process: {r['served_equals_in_process']}",
+        file=err,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-live", action="store_true")
     ap.add_argument("--skip-batch", action="store_true")
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--requests", type=int, default=1000, help="1-row requests per server")
+    ap.add_argument(
+        "--requests", type=int, default=800, help="1-row requests per server and format"
+    )
     ap.add_argument("--seconds", type=float, default=8.0, help="per throughput round")
     ap.add_argument("--batch-repeats", type=int, default=2)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -467,17 +553,7 @@ def main() -> int:
     try:
         if not args.skip_live:
             report["live"] = live(args, workdir)
-            r = report["live"]
-            print(
-                f"live (LendingClub, 300 trees): p50 1 row ours {r['ours']['p50_1row_ms']:.2f} ms"
-                f" vs stock {r['stock']['p50_1row_ms']:.2f} ms -> {r['ratio_p50_1row']:.2f}x; "
-                f"p99 {r['ratio_p99_1row']:.2f}x; 100 rows {r['ratio_p50_100rows']:.2f}x; "
-                f"4 clients {r['ours']['rps_4_clients']:.0f} vs {r['stock']['rps_4_clients']:.0f}"
-                f" req/s -> {r['ratio_rps']:.2f}x; floor "
-                f"{r['floor_inplace_predict_ms']['1row']:.3f} ms; identical predictions: "
-                f"{r['predictions_identical_to_pipeline']}",
-                file=sys.stderr,
-            )
+            _print_live(report["live"])
         if not args.skip_batch:
             report["batch"] = batch(args, workdir)
             b = report["batch"]

@@ -35,6 +35,8 @@ DATA_DIR = "mlplatform_model"
 LOADER_MODULE = "mlplatform.model_format"
 PREDICTION = "prediction"
 PROBA_PREFIX = "probability_"
+# Set by MLflow's scoring server (mlflow.environment_variables._MLFLOW_IS_IN_SERVING_ENVIRONMENT).
+_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
 # Types skops may build when loading; nothing else is accepted.
 SKLEARN_TRUSTED = [
@@ -259,8 +261,22 @@ class TabularModel:
             out[name] = proba[:, i]
         return pd.DataFrame(out, index=index, copy=False)
 
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """The pyfunc entry point (``mlflow.pyfunc.load_model(...).predict``)."""
+    def to_records(self, proba: np.ndarray) -> list[dict[str, Any]]:
+        """The rows of ``to_frame`` as dicts: ``to_frame(...).to_dict("records")``, cheaper."""
+        proba = np.asarray(proba, dtype=np.float64)
+        labels = self._class_array[self.labels(proba)].tolist()
+        names = self._proba_names
+        return [
+            {PREDICTION: label, **dict(zip(names, row, strict=True))}
+            for label, row in zip(labels, proba.tolist(), strict=True)
+        ]
+
+    def predict(
+        self, model_input: Any, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame | list[dict[str, Any]]:
+        """The pyfunc entry point (``mlflow.pyfunc.load_model(...).predict``): a DataFrame with
+        the predicted class and one probability column per class; in the scoring server, the
+        same rows as records (see ``in_scoring_server``)."""
         frame = _as_frame(model_input, self.input_names)
         x, invalid = self.transform(frame)
         if invalid:
@@ -269,7 +285,18 @@ class TabularModel:
             raise _invalid_input(
                 f"column '{col}': value {bad!r} is not a valid {_kind_word(self.specs, col)}"
             )
-        return self.to_frame(self.predict_matrix(x), index=frame.index)
+        proba = self.predict_matrix(x)
+        if in_scoring_server():
+            # The scoring server turns a returned DataFrame straight into records for its JSON
+            # answer; handing it the records gives the same JSON without building the frame.
+            return self.to_records(proba)
+        return self.to_frame(proba, index=frame.index)
+
+
+def in_scoring_server() -> bool:
+    """True inside ``mlflow models serve`` (and ``mlflow models predict``), which set this
+    variable around their predict calls; an in-process ``predict`` returns a DataFrame."""
+    return os.environ.get(_SERVING_ENV, "").strip().lower() in ("true", "1")
 
 
 def _kind_word(specs: list[ColumnSpec], col: str) -> str:
@@ -295,7 +322,8 @@ def _as_frame(model_input: Any, names: list[str]) -> pd.DataFrame:
         raise _invalid_input(f"expected records or a DataFrame, got {type(model_input).__name__}")
     if frame.empty:
         raise _invalid_input("empty input: send at least one record")
-    missing = [c for c in names if c not in frame.columns]
+    present = set(frame.columns.tolist())  # not `in frame.columns`: that hashes a new Index
+    missing = [c for c in names if c not in present]
     if missing:
         raise _invalid_input(f"missing column(s): {', '.join(missing)}")
     return frame

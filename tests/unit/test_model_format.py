@@ -293,6 +293,28 @@ def test_predict_accepts_records(saved, frame):
     )
 
 
+def test_scoring_server_gets_the_same_rows_as_records(saved, frame, monkeypatch):
+    """In the scoring server predict returns records; MLflow's JSON answer is unchanged."""
+    import io
+
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    assert _MLFLOW_IS_IN_SERVING_ENVIRONMENT.name == model_format._SERVING_ENV
+    expected = saved["model"].predict(frame.head(7))
+    assert not model_format.in_scoring_server()
+    monkeypatch.setenv(model_format._SERVING_ENV, "true")
+    records = saved["model"].predict(frame.head(7))
+    assert isinstance(records, list)
+    assert records == expected.to_dict(orient="records")
+    as_json = {}
+    for name, out in (("records", records), ("frame", expected)):
+        buf = io.StringIO()
+        predictions_to_json(out, buf)
+        as_json[name] = buf.getvalue()
+    assert as_json["records"] == as_json["frame"]
+
+
 def test_predict_missing_column(saved, frame):
     with pytest.raises(MlflowException) as info:
         saved["model"].predict(frame.drop(columns=["b"]).head(5))
