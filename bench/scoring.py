@@ -203,19 +203,43 @@ def _throughput_worker(port: int, bodies: list[bytes], seconds: float, out) -> N
     out.put(n)
 
 
-def throughput(port: int, bodies: list[bytes], clients: int = 4, seconds: float = 8.0) -> float:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process and its descendants (``mlflow models serve`` runs
+    uvicorn as a child), from Linux /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return None
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total + sum(_cpu_seconds(c) or 0.0 for c in children)
+
+
+def throughput(
+    server: tuple[subprocess.Popen, int], bodies: list[bytes], clients: int, seconds: float
+) -> tuple[float, float | None]:
+    """Requests per second with ``clients`` concurrent client processes, and the server's
+    CPU time per request (ms): steadier than the rate on a noisy machine."""
+    proc, port = server
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [
         ctx.Process(target=_throughput_worker, args=(port, bodies, seconds, q))
         for _ in range(clients)
     ]
+    cpu0 = _cpu_seconds(proc.pid)
     for p in procs:
         p.start()
     total = sum(q.get() for _ in procs)
     for p in procs:
         p.join()
-    return total / seconds
+    cpu1 = _cpu_seconds(proc.pid)
+    cpu_ms = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / total * 1000
+    return total / seconds, cpu_ms
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -322,12 +346,19 @@ def live(args, workdir: Path) -> dict:
         for k, f in enumerate(hundreds):
             lat[f"100/{f}"] = _latencies(clients, hundreds[f], 200, seed=10 + k)
         rps: dict[str, dict[str, list[float]]] = {}
+        cpu: dict[str, dict[str, list[float]]] = {}
+        rng = random.Random(99)
         for f in ("dataframe_split", "inputs"):
             rps[f] = {name: [] for name in servers}
-            for rnd in range(2):
-                order = list(SERVERS) if rnd == 0 else list(reversed(SERVERS))
+            cpu[f] = {name: [] for name in servers}
+            for _round in range(args.rounds):
+                order = list(SERVERS)
+                rng.shuffle(order)
                 for name in order:
-                    rps[f][name].append(throughput(servers[name][1], singles[f], 4, args.seconds))
+                    rate, cpu_ms = throughput(servers[name], singles[f], 4, args.seconds)
+                    rps[f][name].append(rate)
+                    if cpu_ms is not None:
+                        cpu[f][name].append(cpu_ms)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -347,12 +378,20 @@ def live(args, workdir: Path) -> dict:
             per_server[name]["ratio_p50"] = per_server[name]["p50_ms"] / stock["p50_ms"]
             per_server[name]["ratio_p99"] = per_server[name]["p99_ms"] / stock["p99_ms"]
     requests_per_s = {
-        f: {name: statistics.mean(v) for name, v in per_server.items()}
+        f: {name: statistics.median(v) for name, v in per_server.items()}
         for f, per_server in rps.items()
     }
     for per_server in requests_per_s.values():
         per_server["ratio_ours"] = per_server["ours"] / per_server["stock"]
         per_server["ratio_empty"] = per_server["empty"] / per_server["stock"]
+    server_cpu = {
+        f: {name: statistics.median(v) for name, v in per_server.items() if v}
+        for f, per_server in cpu.items()
+    }
+    for per_server in server_cpu.values():
+        if "stock" in per_server:
+            per_server["stock_over_ours"] = per_server["stock"] / per_server["ours"]
+            per_server["stock_over_empty"] = per_server["stock"] / per_server["empty"]
     return {
         "dataset": "lending_club",
         "columns": len(schema.feature_names),
@@ -362,6 +401,7 @@ def live(args, workdir: Path) -> dict:
         "floor_inplace_predict_ms": {"1row": floor["1"], "100rows": floor["100"]},
         "latency": latency,
         "requests_per_s_4_clients": requests_per_s,
+        "server_cpu_ms_per_request_4_clients": server_cpu,
         "rps_rounds": rps,
     }
 
@@ -516,9 +556,15 @@ def _print_live(r: dict) -> None:
             file=err,
         )
     for fmt, per in r["requests_per_s_4_clients"].items():
+        cpu = r["server_cpu_ms_per_request_4_clients"].get(fmt, {})
+        cpu_text = (
+            f"; server CPU/request ours {cpu['ours']:.1f} ms, stock {cpu['stock']:.1f} ms"
+            if "ours" in cpu
+            else ""
+        )
         print(
             f"  req/s 4 clients {fmt:<16} ours {per['ours']:5.0f}  stock {per['stock']:5.0f}"
-            f"  -> {per['ratio_ours']:.2f}x (empty {per['ratio_empty']:.2f}x)",
+            f"  -> {per['ratio_ours']:.2f}x (empty {per['ratio_empty']:.2f}x){cpu_text}",
             file=err,
         )
     print(
@@ -537,7 +583,8 @@ def main() -> int:
     ap.add_argument(
         "--requests", type=int, default=800, help="1-row requests per server and format"
     )
-    ap.add_argument("--seconds", type=float, default=8.0, help="per throughput round")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per throughput round")
+    ap.add_argument("--rounds", type=int, default=4, help="throughput rounds per server")
     ap.add_argument("--batch-repeats", type=int, default=2)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -547,6 +594,7 @@ def main() -> int:
         return 0
     for key in ("MLFLOW_TRACKING_URI", "MLPLATFORM_PREDICT_THREADS"):
         os.environ.pop(key, None)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     report: dict = {}
     workdir = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
     os.chdir(workdir)
