@@ -2,12 +2,15 @@
 
 Live: one trained pipeline (one-hot encoding + 300-tree XGBoost on LendingClub's raw
 columns) is logged twice, our way (``mlplatform.model_format``) and the stock way
-(``mlflow.sklearn`` with ``pyfunc_predict_fn="predict_proba"``), and both are served by
-``mlflow models serve`` (1 worker each, ``--env-manager local``). Requests alternate between
-the two servers: median and p99 latency for 1-row and 100-row requests, then requests per
-second with 4 concurrent clients. The floor is the model's raw in-process predict
-(``Booster.inplace_predict`` on the encoded rows). Predictions are checked identical to the
-training pipeline's on every test row.
+(``mlflow.sklearn`` with ``pyfunc_predict_fn="predict_proba"``); a third copy of ours has its
+loader swapped for ``empty_model`` (no work at all: what MLflow's server alone costs with this
+signature). All three are served by ``mlflow models serve`` (1 worker each,
+``--env-manager local``) and get the same requests in shuffled order: median and p99 latency
+for 1-row requests in each request format (``dataframe_split``, ``dataframe_records``,
+``inputs``) and for 100-row requests, then requests per second with 4 concurrent clients in
+shuffled rounds, with the server's CPU time per request. The floor is the model's raw
+in-process predict (``Booster.inplace_predict`` on the encoded rows). Predictions are checked
+identical to the training pipeline's on every test row.
 
 Batch: ``mlplatform score`` on synthetic card-fraud data (1M rows, Parquet) against one
 in-process pyfunc ``predict`` call over the same rows held in memory; peak memory of each,
