@@ -55,13 +55,20 @@ _HTML_SPECIAL = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_[]()!|"})
 
 
 def _md_escape(value: Any) -> Any:
-    """Values from the data must not become links, images, HTML or table cells in Markdown.
+    """Values from the data must not become links, images, HTML or table cells in Markdown,
+    nor end a table row, list item or heading with a line break.
 
-    Values already formatted by the ``code`` or ``trusted`` filters pass unchanged.
+    Values already formatted by the ``code``, ``paragraph`` or ``trusted`` filters pass
+    unchanged.
     """
     if isinstance(value, markupsafe.Markup) or not isinstance(value, str):
         return value
-    return value.translate(_MD_SPECIAL)
+    return _one_line(value).translate(_MD_SPECIAL)
+
+
+def _md_paragraph(value: Any) -> markupsafe.Markup:
+    """Free text from params.yaml whose line breaks are meant (intended use): escaped only."""
+    return markupsafe.Markup(str(value).translate(_MD_SPECIAL))
 
 
 def _html_escape(value: Any) -> Any:
@@ -71,13 +78,17 @@ def _html_escape(value: Any) -> Any:
     """
     if value is None or isinstance(value, markupsafe.Markup):
         return value
-    text = value if isinstance(value, str) else str(value)
-    return html.escape(text, quote=True).translate(_HTML_SPECIAL)
+    return html.escape(_one_line(value), quote=True).translate(_HTML_SPECIAL)
+
+
+def _html_paragraph(value: Any) -> markupsafe.Markup:
+    """``_md_paragraph`` for the page: HTML-escaped, line breaks kept."""
+    return markupsafe.Markup(html.escape(str(value), quote=True).translate(_HTML_SPECIAL))
 
 
 def _one_line(value: Any) -> str:
     """Any line break (\\r, \\n, Unicode separators) would end a code span or table row."""
-    return " ".join(str(value).split())
+    return " ".join(str(value).splitlines())
 
 
 def _code(value: Any) -> markupsafe.Markup:
@@ -97,7 +108,7 @@ def _trusted(value: Any) -> Any:
     return value if value is None else markupsafe.Markup(str(value))
 
 
-def _environment(finalize, code) -> jinja2.Environment:
+def _environment(finalize, code, paragraph) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mlplatform", "templates"),
         autoescape=False,  # Markdown templates; values are escaped by `finalize`
@@ -108,6 +119,7 @@ def _environment(finalize, code) -> jinja2.Environment:
     )
     env.filters["fmt"] = _fmt
     env.filters["code"] = code
+    env.filters["paragraph"] = paragraph
     env.filters["trusted"] = _trusted
     return env
 
@@ -125,8 +137,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 # Markdown for files and descriptions; the same Markdown with HTML-escaped values for the page.
-_env = _environment(_md_escape, _code)
-_html_env = _environment(_html_escape, _html_code)
+_env = _environment(_md_escape, _code, _md_paragraph)
+_html_env = _environment(_html_escape, _html_code, _html_paragraph)
 # The HTML page around the rendered card: plain HTML autoescaping, no Markdown rules.
 _page_env = jinja2.Environment(
     loader=jinja2.PackageLoader("mlplatform", "templates"),

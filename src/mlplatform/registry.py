@@ -54,13 +54,25 @@ def _lock_key(name: str) -> int:
     )
 
 
-def pg_connect(uri: str) -> Any:
-    """A psycopg2 connection for a SQLAlchemy PostgreSQL URL (query options included)."""
+# TCP keepalives for the lock's idle session, so that a firewall or NAT keeps it open and a
+# dead peer is noticed; options in the URL's query take precedence.
+_LOCK_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 60,
+    "keepalives_interval": 10,
+    "keepalives_count": 6,
+}
+
+
+def pg_connect(uri: str, **defaults: Any) -> Any:
+    """A psycopg2 connection for a SQLAlchemy PostgreSQL URL (query options included, and
+    preferred over ``defaults``)."""
     import psycopg2
     from sqlalchemy.engine import make_url
 
     url = make_url(uri)
     kwargs = {
+        **defaults,
         "host": url.host,
         "port": url.port,
         "dbname": url.database,
@@ -90,10 +102,14 @@ def pg_advisory_lock(uri: str, key: str, timeout_s: float, busy: str) -> Iterato
     """
     import psycopg2
 
-    conn = pg_connect(uri)
+    conn = pg_connect(uri, **_LOCK_KEEPALIVES)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
+            # The session sits idle while the work runs (a whole search, for a study lock):
+            # a server-side idle_session_timeout would end it and silently drop the lock.
+            with contextlib.suppress(psycopg2.errors.UndefinedObject):  # PostgreSQL < 14
+                cur.execute("SET idle_session_timeout = 0")
             # 0 would disable the timeout in PostgreSQL: wait at least 1 ms.
             cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
             try:

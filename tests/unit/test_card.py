@@ -529,6 +529,20 @@ def test_line_breaks_in_data_values_cannot_end_a_code_span():
     assert "<img src=x" not in rendered
 
 
+def test_line_breaks_in_data_values_cannot_break_a_table_row():
+    ctx = binary_context()
+    ctx["subgroups"]["afam"][0]["group"] = "first\nsecond"
+    ctx["intended_use"] = "Decision support.\n\nNot for automated denial."
+    md, page = card.render_markdown(ctx, images()), card.render_html(ctx, images())
+    for text in (md, page):
+        assert "first\nsecond" not in text and "first second" in text
+    # Line breaks in the intended use are meant: kept (two paragraphs on the page).
+    assert "Decision support.\n\nNot for automated denial." in md
+    assert "<p>Decision support.</p>\n<p>Not for automated denial.</p>" in page
+    row = next(line for line in md.splitlines() if "first second" in line)
+    assert row.startswith("|") and row.endswith("|")
+
+
 def test_markdown_syntax_from_the_data_stays_text_in_markdown():
     import markdown
 

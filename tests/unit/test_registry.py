@@ -391,6 +391,20 @@ def test_pg_connect_passes_url_query_options(pg_uri):
         conn.close()
 
 
+def test_postgres_lock_survives_a_server_idle_session_timeout(pg_uri, tmp_path):
+    """A server that ends idle sessions after 300 ms (set here through the URL) must not end
+    the lock's session while the work runs."""
+    key = f"m-{uuid.uuid4().hex}"
+    strict = pg_uri + "?options=-c%20idle_session_timeout%3D300"
+    with registry.pg_advisory_lock(strict, key, 5, "busy"):
+        time.sleep(1.0)
+        with (
+            pytest.raises(RegistryError, match="still held"),
+            registry.pg_advisory_lock(pg_uri, key, 0, "still held"),
+        ):
+            pass
+
+
 def test_postgres_lock_serialises_processes(pg_uri, tmp_path):
     _assert_serialised(pg_uri, f"m-{uuid.uuid4().hex}", tmp_path)
 
