@@ -198,12 +198,16 @@ def _payload(rows: pd.DataFrame, fmt: str = "dataframe_split") -> bytes:
 
 
 def _throughput_worker(port: int, bodies: list[bytes], seconds: float, out) -> None:
-    client = Client(port)
-    n, end, i = 0, time.perf_counter() + seconds, 0
-    while time.perf_counter() < end:
-        client.post(bodies[i % len(bodies)])
-        n, i = n + 1, i + 1
-    out.put(n)
+    """Posts for ``seconds``; puts the request count, or the error (so nobody waits forever)."""
+    try:
+        client = Client(port)
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            client.post(bodies[n % len(bodies)])
+            n += 1
+        out.put(n)
+    except Exception as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -237,10 +241,14 @@ def throughput(
     cpu0 = _cpu_seconds(proc.pid)
     for p in procs:
         p.start()
-    total = sum(q.get() for _ in procs)
+    counts = [q.get() for _ in procs]
     for p in procs:
         p.join()
     cpu1 = _cpu_seconds(proc.pid)
+    errors = [c for c in counts if isinstance(c, str)]
+    if errors:
+        raise RuntimeError(f"throughput client failed on port {port}: {errors[0]}")
+    total = sum(counts)
     cpu_ms = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / total * 1000
     return total / seconds, cpu_ms
 
@@ -329,9 +337,10 @@ def live(args, workdir: Path) -> dict:
     try:
         for name, uri in (("ours", ours_uri), ("stock", stock_uri)):
             servers[name] = _serve(uri, workdir, f"serve-{name}")
-        servers["empty"] = _serve(
-            empty_uri, workdir, "serve-empty", {"PYTHONPATH": str(Path(__file__).parent)}
+        path = os.pathsep.join(
+            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
         )
+        servers["empty"] = _serve(empty_uri, workdir, "serve-empty", {"PYTHONPATH": path})
         clients = {name: Client(port) for name, (_, port) in servers.items()}
         singles = {f: [_payload(x_test.iloc[[i]], f) for i in range(200)] for f in FORMATS}
         hundreds = {
@@ -392,7 +401,7 @@ def live(args, workdir: Path) -> dict:
         for f, per_server in cpu.items()
     }
     for per_server in server_cpu.values():
-        if "stock" in per_server:
+        if {"ours", "stock", "empty"} <= per_server.keys():
             per_server["stock_over_ours"] = per_server["stock"] / per_server["ours"]
             per_server["stock_over_empty"] = per_server["stock"] / per_server["empty"]
     return {
@@ -562,7 +571,7 @@ def _print_live(r: dict) -> None:
         cpu = r["server_cpu_ms_per_request_4_clients"].get(fmt, {})
         cpu_text = (
             f"; server CPU/request ours {cpu['ours']:.1f} ms, stock {cpu['stock']:.1f} ms"
-            if "ours" in cpu
+            if {"ours", "stock"} <= cpu.keys()
             else ""
         )
         print(

@@ -294,8 +294,10 @@ class TabularModel:
 
 
 def in_scoring_server() -> bool:
-    """True inside ``mlflow models serve`` (and ``mlflow models predict``), which set this
-    variable around their predict calls; an in-process ``predict`` returns a DataFrame."""
+    """True inside ``mlflow models serve`` and ``mlflow models predict``, which set this
+    variable around their predict calls (MLflow also sets it while it checks an input example
+    at logging time, and in the deprecated ``mlflow.models.validate_serving_input``, which
+    therefore get records too). An in-process ``predict`` returns a DataFrame."""
     return os.environ.get(_SERVING_ENV, "").strip().lower() in ("true", "1")
 
 
@@ -322,7 +324,12 @@ def _as_frame(model_input: Any, names: list[str]) -> pd.DataFrame:
         raise _invalid_input(f"expected records or a DataFrame, got {type(model_input).__name__}")
     if frame.empty:
         raise _invalid_input("empty input: send at least one record")
-    present = set(frame.columns.tolist())  # not `in frame.columns`: that hashes a new Index
+    columns = frame.columns.tolist()  # not `in frame.columns`: that hashes a new Index
+    present = set(columns)
+    if len(present) != len(columns):
+        twice = sorted({str(c) for c in columns if columns.count(c) > 1 and c in names})
+        if twice:
+            raise _invalid_input(f"column(s) given more than once: {', '.join(twice)}")
     missing = [c for c in names if c not in present]
     if missing:
         raise _invalid_input(f"missing column(s): {', '.join(missing)}")

@@ -54,14 +54,31 @@ def _lock_key(name: str) -> int:
     )
 
 
-# TCP keepalives for the lock's idle session, so that a firewall or NAT keeps it open and a
-# dead peer is noticed; options in the URL's query take precedence.
+# Client-side TCP keepalives for the lock's idle session (a firewall or NAT keeps it open,
+# and the client notices a dead server); options in the URL's query take precedence.
 _LOCK_KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 60,
     "keepalives_interval": 10,
     "keepalives_count": 6,
 }
+
+
+def _keep_lock_session(cur: Any) -> None:
+    """Settings for the session that holds an advisory lock.
+
+    The session sits idle while the work runs (a whole search, for a study lock): a
+    server-side idle_session_timeout would end it and silently drop the lock. Instead the
+    server probes the client, so a holder whose machine died or dropped off the network
+    loses the lock in about 2 minutes (the server's default is 2 hours).
+    """
+    import psycopg2
+
+    with contextlib.suppress(psycopg2.errors.UndefinedObject):  # PostgreSQL < 14
+        cur.execute("SET idle_session_timeout = 0")
+    cur.execute("SET tcp_keepalives_idle = 60")
+    cur.execute("SET tcp_keepalives_interval = 10")
+    cur.execute("SET tcp_keepalives_count = 6")
 
 
 def pg_connect(uri: str, **defaults: Any) -> Any:
@@ -106,10 +123,7 @@ def pg_advisory_lock(uri: str, key: str, timeout_s: float, busy: str) -> Iterato
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            # The session sits idle while the work runs (a whole search, for a study lock):
-            # a server-side idle_session_timeout would end it and silently drop the lock.
-            with contextlib.suppress(psycopg2.errors.UndefinedObject):  # PostgreSQL < 14
-                cur.execute("SET idle_session_timeout = 0")
+            _keep_lock_session(cur)
             # 0 would disable the timeout in PostgreSQL: wait at least 1 ms.
             cur.execute("SET lock_timeout = %s", (f"{max(1, int(timeout_s * 1000))}ms",))
             try:

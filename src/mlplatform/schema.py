@@ -149,8 +149,14 @@ def _numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         out = raw.astype("float64")  # numbers, numeric text, None -> NaN
         return out, _no_invalid(len(out))
     except (TypeError, ValueError):
-        out = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        return out, np.isnan(out) & values.notna().to_numpy()
+        out = np.array(pd.to_numeric(values, errors="coerce"), dtype="float64")
+        bad = np.isnan(out) & values.notna().to_numpy()
+        # Same rules as one value at a time (the per-request path): pandas refuses some text
+        # Python reads as a number ("1_000", "nan").
+        for i in np.flatnonzero(bad):
+            out[i], ok = _number_of(raw[i])
+            bad[i] = not ok
+        return out, bad
 
 
 def _mapped(values: pd.Series, fn, missing: Any, dtype: Any) -> np.ndarray:

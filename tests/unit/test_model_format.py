@@ -321,6 +321,13 @@ def test_predict_missing_column(saved, frame):
     assert "missing column(s): b" in info.value.message
 
 
+def test_predict_column_given_twice(saved, frame):
+    twice = pd.concat([frame.head(3), frame.head(3)[["b"]]], axis=1)
+    with pytest.raises(MlflowException) as info:
+        saved["model"].predict(twice)
+    assert "column(s) given more than once: b" in info.value.message
+
+
 def test_predict_empty_frame(saved, frame):
     with pytest.raises(MlflowException, match="empty"):
         saved["model"].predict(frame.iloc[:0])

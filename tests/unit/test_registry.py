@@ -405,6 +405,23 @@ def test_postgres_lock_survives_a_server_idle_session_timeout(pg_uri, tmp_path):
             pass
 
 
+def test_lock_session_is_probed_by_the_server(pg_uri):
+    conn = registry.pg_connect(pg_uri + "?connect_timeout=3")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            registry._keep_lock_session(cur)
+            shown = {}
+            for name in ("idle_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_count"):
+                cur.execute(f"SHOW {name}")
+                shown[name] = cur.fetchone()[0]
+    finally:
+        conn.close()
+    assert shown["idle_session_timeout"] == "0"
+    assert shown["tcp_keepalives_idle"] == "60"  # PG_URIS are TCP: keepalives apply
+    assert shown["tcp_keepalives_count"] == "6"
+
+
 def test_postgres_lock_serialises_processes(pg_uri, tmp_path):
     _assert_serialised(pg_uri, f"m-{uuid.uuid4().hex}", tmp_path)
 

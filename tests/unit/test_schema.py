@@ -214,3 +214,18 @@ def test_small_batch_path_equals_vectorised_path():
     np.testing.assert_array_equal(small["flag"], vec["flag"][:n])
     assert set(bad_small) == set(bad_vec) == {"num"}
     np.testing.assert_array_equal(bad_small["num"], bad_vec["num"][:n])
+
+
+def test_numeric_text_reads_the_same_per_request_and_in_batches():
+    """A value's fate must not depend on the batch size or on other values in the column."""
+    from mlplatform import schema as sch
+
+    frame = pd.DataFrame({"num": ["1_000", "nan", "x", " 4 ", "inf", None]}, dtype=object)
+    specs = [sch.ColumnSpec("num", "numeric", "double")]
+    small, bad_small = sch._coerce_small(frame, specs)
+    big = pd.concat([frame] * 20, ignore_index=True)
+    vec, bad_vec = sch.coerce_arrays(big, specs)
+    n = len(frame)
+    np.testing.assert_array_equal(small["num"], vec["num"][:n])
+    np.testing.assert_array_equal(bad_small["num"], bad_vec["num"][:n])
+    assert bad_small["num"].tolist() == [False, False, True, False, False, False]
