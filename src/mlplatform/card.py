@@ -78,12 +78,17 @@ def _html_escape(value: Any) -> Any:
     """
     if value is None or isinstance(value, markupsafe.Markup):
         return value
-    return html.escape(_one_line(value), quote=True).translate(_HTML_SPECIAL)
+    return _html_text(_one_line(value))
 
 
 def _html_paragraph(value: Any) -> markupsafe.Markup:
     """``_md_paragraph`` for the page: HTML-escaped, line breaks kept."""
-    return markupsafe.Markup(html.escape(str(value), quote=True).translate(_HTML_SPECIAL))
+    return markupsafe.Markup(_html_text(str(value)))
+
+
+def _html_text(text: str) -> str:
+    """Text that stays text on the page: no HTML, and no Markdown once the card is rendered."""
+    return html.escape(text, quote=True).translate(_HTML_SPECIAL)
 
 
 def _one_line(value: Any) -> str:
@@ -99,8 +104,7 @@ def _code(value: Any) -> markupsafe.Markup:
 
 def _html_code(value: Any) -> markupsafe.Markup:
     """A value as an HTML <code> element, for the Markdown that becomes the HTML page."""
-    text = html.escape(_one_line(value), quote=True).translate(_HTML_SPECIAL)
-    return markupsafe.Markup(f"<code>{text}</code>")
+    return markupsafe.Markup(f"<code>{_html_text(_one_line(value))}</code>")
 
 
 def _trusted(value: Any) -> Any:

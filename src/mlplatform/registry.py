@@ -76,9 +76,9 @@ def _keep_lock_session(cur: Any) -> None:
 
     with contextlib.suppress(psycopg2.errors.UndefinedObject):  # PostgreSQL < 14
         cur.execute("SET idle_session_timeout = 0")
-    cur.execute("SET tcp_keepalives_idle = 60")
-    cur.execute("SET tcp_keepalives_interval = 10")
-    cur.execute("SET tcp_keepalives_count = 6")
+    # The server's side of the same keepalive timing the client uses.
+    for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"):
+        cur.execute(f"SET tcp_{name} = %s", (_LOCK_KEEPALIVES[name],))
 
 
 def pg_connect(uri: str, **defaults: Any) -> Any:
