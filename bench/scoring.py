@@ -53,7 +53,7 @@ logging.disable(logging.INFO)
 def _fit_pipeline(params, paths, n_estimators=300, max_depth=6, sample=None):
     """One pipeline: our preprocessing (one-hot + imputation) and a 300-tree XGBoost."""
     from mlplatform import train
-    from mlplatform.prepare import load_schema, load_split
+    from mlplatform.dataset import load_schema, load_split
 
     schema = load_schema(paths)
     tr, va = load_split(paths, "train"), load_split(paths, "validation")
@@ -303,7 +303,7 @@ def live(args, workdir: Path) -> dict:
     mlflow.set_tracking_uri(params.mlflow.tracking_uri)
     mlflow.set_experiment("bench-scoring")
     schema, fitted, valid = _fit_pipeline(params, paths)
-    from mlplatform.prepare import load_split
+    from mlplatform.dataset import load_split
 
     train_raw, test = load_split(paths, "train"), load_split(paths, "test")
     ours_uri = _log_ours(schema, fitted, valid)

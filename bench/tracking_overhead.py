@@ -48,11 +48,12 @@ def make_project(workdir: Path, overrides: dict) -> tuple:
 
 def run_untracked(params, paths) -> dict:
     from mlplatform import search_space, tune
+    from mlplatform.storage import new_study
 
     t0 = time.perf_counter()
     data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
     t1 = time.perf_counter()
-    study = tune.new_study(params)
+    study = new_study(params)
     tune.run_search(study, params, data, params.tune.n_trials)
     t2 = time.perf_counter()
     return {
@@ -65,6 +66,7 @@ def run_untracked(params, paths) -> dict:
 
 def run_ours(params, paths) -> dict:
     from mlplatform import tune
+    from mlplatform.storage import make_storage
 
     shutil.rmtree(paths.state, ignore_errors=True)  # a fresh study each repetition
     t0 = time.perf_counter()
@@ -72,7 +74,7 @@ def run_ours(params, paths) -> dict:
     total = time.perf_counter() - t0
     import optuna
 
-    study = optuna.load_study(study_name=summary["study_name"], storage=tune.make_storage(paths))
+    study = optuna.load_study(study_name=summary["study_name"], storage=make_storage(paths))
     timings = summary["timings"]
     return {"total_s": total, **timings, "values": [t.value for t in study.trials]}
 
@@ -82,7 +84,7 @@ def run_callback(params, paths, experiment_id: str, uri: str) -> dict:
     import optuna
     from optuna_integration import MLflowCallback
 
-    from mlplatform import search_space, tune
+    from mlplatform import pruning, search_space, tune
     from mlplatform.metrics import objective
 
     db = paths.root / "optuna-callback.db"
@@ -93,7 +95,7 @@ def run_callback(params, paths, experiment_id: str, uri: str) -> dict:
     study = optuna.create_study(
         storage=f"sqlite:///{db}",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
-        pruner=tune.make_pruner(params),
+        pruner=pruning.make_pruner(params),
         direction=metric.direction,
     )
     callback = MLflowCallback(

@@ -21,8 +21,8 @@ import numpy as np
 
 from mlplatform import fairness, model_format
 from mlplatform.config import Params, Paths
+from mlplatform.dataset import load_schema, load_split
 from mlplatform.io import read_json, write_json, write_text
-from mlplatform.prepare import load_schema, load_split
 from mlplatform.tracking import dvc_lock_hashes
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,6 @@ def render_description(ctx: dict[str, Any]) -> str:
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Render the card; write reports/model_card.{md,html} and card.json; log onto the run."""
-    import mlflow
 
     from mlplatform import tracking
 
@@ -362,8 +361,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     write_json(paths.card_json, ctx)
     write_text(paths.card_md, render_markdown(ctx, relative_images(paths)))
     write_text(paths.card_html, render_html(ctx, embedded_images(paths)))
-    tracking.setup(params)
-    client = mlflow.MlflowClient()
+    client, _ = tracking.setup(params)
     for path in (paths.card_md, paths.card_html, paths.card_json):
         client.log_artifact(ctx["model"]["run_id"], str(path), "model_card")
     statuses = {k: v["status"] for k, v in ctx["fairness"].items()}

@@ -108,9 +108,9 @@ def card(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 @app.command()
 def register(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Register the trained model as a new version (lineage, metrics, card as description)."""
-    from mlplatform import promote as stage
+    from mlplatform import register as stage
 
-    stage.register(*_setup(params))
+    stage.run(*_setup(params))
 
 
 @app.command()
@@ -279,10 +279,7 @@ def pipeline(
     loaded = _setup(params)
     for name in chosen:
         typer.secho(f"== {name}", bold=True, err=True)
-        if name in ("register", "promote"):
-            getattr(importlib.import_module("mlplatform.promote"), name)(*loaded)
-        else:
-            importlib.import_module(f"mlplatform.{name}").run(*loaded)
+        importlib.import_module(f"mlplatform.{name}").run(*loaded)
 
 
 @app.command("next-steps")

@@ -5,8 +5,6 @@ Nothing else in the package reads params.yaml or hard-codes an output path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,9 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
+from mlplatform.families import FAMILY_NAMES
 
 ColumnKind = Literal["numeric", "categorical", "boolean", "datetime"]
-Family = Literal["logistic_regression", "random_forest", "xgboost"]
+# The model families of the one family table (see families.py).
+Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]
 Scalar = str | int | float | bool
 
 
@@ -297,10 +297,10 @@ class Params(Strict):
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""
+        from mlplatform.io import digest
+
         dump = self.model_dump(mode="json")
-        chosen = {k: dump[k] for k in sections} if sections else dump
-        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest({k: dump[k] for k in sections} if sections else dump)
 
 
 _EXPECT = {

@@ -18,19 +18,17 @@ import pandas as pd
 
 from mlplatform import model_format, plots
 from mlplatform.config import Params, Paths
+from mlplatform.dataset import DatasetSchema, load_schema, load_split
 from mlplatform.io import read_json, write_json
 from mlplatform.metrics import evaluate as evaluate_metrics
 from mlplatform.metrics import scalar_metrics
-from mlplatform.prepare import DatasetSchema, load_schema, load_split
 
 log = logging.getLogger(__name__)
 
 
 def score(model: Any, frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
     """Class probabilities (rows x classes, model class order) of a pyfunc model."""
-    out = model.predict(frame[schema.feature_names])
-    cols = [model_format.probability_column(c) for c in schema.classes]
-    return out[cols].to_numpy(dtype=np.float64)
+    return model_format.probabilities(model.predict(frame[schema.feature_names]), schema.classes)
 
 
 def evaluate_model(
@@ -57,7 +55,6 @@ def make_plots(paths: Paths, schema: DatasetSchema, y, proba, report: dict) -> l
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    import mlflow
     from mlflow.entities import Metric
 
     from mlplatform import tracking
@@ -76,8 +73,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     }
     write_json(paths.metrics, payload)
     images = make_plots(paths, schema, y, proba, report)
-    tracking.setup(params)
-    client = mlflow.MlflowClient()
+    client, _ = tracking.setup(params)
     run_id = trained["run_id"]
     now = int(time.time() * 1000)
     flat = scalar_metrics(report, prefix="test_")

@@ -24,21 +24,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform import model_format
+from mlplatform import families, model_format
+from mlplatform.columns import coerce
 from mlplatform.config import ExplainConfig, Params, Paths
+from mlplatform.dataset import DatasetSchema, load_schema, load_split
 from mlplatform.features import source_columns
 from mlplatform.io import atomic_dir, read_json, write_json
-from mlplatform.prepare import DatasetSchema, load_schema, load_split
-from mlplatform.schema import coerce
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SPACE = {
-    "xgboost": "log-odds",
-    "logistic_regression": "log-odds",
-    "random_forest": "probability",
-    "permutation": "probability",
-}
+# What permutation SHAP values add up to (the model-agnostic fallback).
+PERMUTATION_OUTPUT = "probability"
 
 
 @dataclass
@@ -94,7 +90,7 @@ def _outputs(model: model_format.TabularModel) -> tuple[list[int], list[str]]:
     return list(range(len(classes))), classes
 
 
-def _as_3d(values: Any, n_classes: int, keep: list[int]) -> np.ndarray:
+def _as_3d(values: Any, keep: list[int]) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 2:  # one output (binary log-odds)
         return arr[:, :, None]
@@ -109,9 +105,9 @@ def _base(expected: Any, keep: list[int]) -> np.ndarray:
 def raw_output(model: model_format.TabularModel, x: np.ndarray, method: str) -> np.ndarray:
     """The quantity SHAP values add up to, per row and explained output."""
     keep, _ = _outputs(model)
-    if method == "permutation" or model.family == "random_forest":
+    if output_space(model, method) == "probability":
         return model.predict_matrix(x)[:, keep].astype(np.float64)
-    if model.family == "xgboost":
+    if model.booster is not None:
         import xgboost as xgb
 
         margin = model.booster.predict(xgb.DMatrix(x), output_margin=True)
@@ -121,17 +117,25 @@ def raw_output(model: model_format.TabularModel, x: np.ndarray, method: str) -> 
     return dec[:, None] if dec.ndim == 1 else dec[:, keep]
 
 
+def output_space(model: model_format.TabularModel, method: str) -> str:
+    """What the SHAP values of this model add up to with this explainer."""
+    if method == "permutation":
+        return PERMUTATION_OUTPUT
+    return families.get(model.family).shap_output
+
+
 def make_explainer(model: model_format.TabularModel, background: np.ndarray, method: str):
     """(callable rows -> (values, expected), method actually used)."""
     import shap
 
-    family = model.family
+    exact = families.get(model.family).explainer
     if method == "auto":
-        method = {"xgboost": "tree", "random_forest": "tree"}.get(family, "linear")
-    if method == "tree" and family in ("xgboost", "random_forest"):
-        explainer = shap.TreeExplainer(model.booster if family == "xgboost" else model.estimator)
+        method = exact
+    if method == exact == "tree":
+        tree = model.booster if model.booster is not None else model.estimator
+        explainer = shap.TreeExplainer(tree)
         return (lambda x: (explainer.shap_values(x), explainer.expected_value)), "tree"
-    if method == "linear" and family == "logistic_regression":
+    if method == exact == "linear":
         explainer = shap.LinearExplainer(model.estimator, shap.maskers.Independent(background))
         return (lambda x: (explainer.shap_values(x), explainer.expected_value)), "linear"
     keep, _ = _outputs(model)
@@ -165,7 +169,7 @@ def explain(
     t0 = time.perf_counter()
     vals, expected = fn(x[:first])
     per_row = (time.perf_counter() - t0) / max(first, 1)
-    chunks = [_as_3d(vals, len(model.classes), keep)]
+    chunks = [_as_3d(vals, keep)]
     n_total = first
     if len(x) > first:
         remaining = max(budget_end - time.perf_counter(), 0.0)
@@ -180,7 +184,7 @@ def explain(
             )
         if n_total > first:
             more, _ = fn(x[first:n_total])
-            chunks.append(_as_3d(more, len(model.classes), keep))
+            chunks.append(_as_3d(more, keep))
     values = np.concatenate(chunks, axis=0)
     x = x[:n_total]
     sources = source_columns(model.preprocessor, model.specs)
@@ -192,7 +196,7 @@ def explain(
         columns=columns,
         outputs=outputs,
         method=used,
-        space=OUTPUT_SPACE["permutation" if used == "permutation" else model.family],
+        space=output_space(model, used),
     )
 
 
@@ -305,15 +309,16 @@ def _plots(
     import matplotlib.pyplot as plt
     import shap
 
+    from mlplatform.plots import save_figure
+
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
     def save(name: str) -> None:
-        fig = plt.gcf()
-        path = folder / name
-        fig.savefig(path, dpi=80, bbox_inches="tight")
+        written.append(
+            save_figure(plt.gcf(), folder / name, dpi=80, tight=False, bbox_inches="tight")
+        )
         plt.close("all")
-        written.append(path)
 
     # Global importance: mean |SHAP| per source column (summed over explained outputs).
     feats = summary["all_features"][:20][::-1]
@@ -352,7 +357,6 @@ def _slug(text: str) -> str:
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Explain a stratified test sample; write reports/explain and log it to the training run."""
-    import mlflow
 
     from mlplatform import tracking
 
@@ -386,8 +390,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         make_plots(exp, feature_values(sample, model), summary, chosen, tmp, params.seed)
         table.to_parquet(tmp / "shap_values.parquet", index=False)
         write_json(tmp / "summary.json", summary)
-    tracking.setup(params)
-    client = mlflow.MlflowClient()
+    client, _ = tracking.setup(params)
     client.log_artifacts(trained["run_id"], str(paths.explain), "explain")
     # Timing goes to MLflow, not into summary.json (a DVC output must not change run to run).
     client.log_metric(trained["run_id"], "explain_seconds", seconds)

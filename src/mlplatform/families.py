@@ -1,30 +1,229 @@
-"""Model families: how each estimator is built, weighted for imbalance, and fitted step by step.
+"""Model families: the one table every stage asks what a family is.
 
-Each family fits on an already-preprocessed matrix and calls
-``report(step, proba_valid, final)`` at its natural steps so the search can prune it (never
-at the final step, when the work is done): XGBoost every ``report_every`` boosting
-rounds, random forests after each chunk of trees (warm start gives the same forest as one
-fit), logistic regression once (it is fast enough not to need pruning).
+Each entry says how the family's estimator is built and weighted for imbalance, which
+hyperparameters it accepts, whether it needs scaled inputs, how it is fitted step by step
+(so the search can prune it), which SHAP explainer is exact for it and what its SHAP values
+add up to, how the logged model stores it, and what the logged model must install.
+Adding a family means adding one entry here.
+
+Fitting calls ``report(step, proba_valid, final)`` at the family's natural steps (never
+``final`` before the work is done): XGBoost every ``report_every`` boosting rounds, random
+forests after each chunk of trees (warm start gives the same forest as one fit), logistic
+regression once (it is fast enough not to need pruning).
+
+Heavy libraries (scikit-learn estimators, XGBoost) are imported when a family is used,
+not when the table is read: ``config`` reads the family names on every command.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
-
-FAMILIES = ("logistic_regression", "random_forest", "xgboost")
-# Linear models need standardised inputs; trees do not.
-NEEDS_SCALING = {"logistic_regression": True, "random_forest": False, "xgboost": False}
 
 Report = Callable[[int, np.ndarray, bool], None]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one model family is.
+
+    Attributes:
+        name: the key used in params.yaml (``tune.families``) and in model.json.
+        needs_scaling: standardise numeric inputs (linear models) or not (trees).
+        hyperparameters: the names params.yaml may search or fix for it.
+        explainer: the SHAP explainer that is exact for it (``tree`` or ``linear``).
+        shap_output: what its SHAP values add up to (``log-odds`` or ``probability``).
+        native_format: the logged model stores it in XGBoost's own format (estimator.ubj)
+            instead of skops.
+        requirements: distributions the logged model needs beyond the common ones.
+        multiclass_sample_weights: balanced class weights go in as per-row sample weights
+            when there are more than two classes (the estimator has no class weights then).
+    """
+
+    name: str
+    needs_scaling: bool
+    hyperparameters: frozenset[str]
+    explainer: str
+    shap_output: str
+    native_format: bool
+    requirements: tuple[str, ...]
+    multiclass_sample_weights: bool
+    build: Callable[..., Any]
+    fit_steps: Callable[..., Any]
+
+
+def _class_weights(y: np.ndarray) -> dict[Any, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.unique(y)
+    weights = compute_class_weight("balanced", classes=classes, y=y)
+    return dict(zip(classes.tolist(), weights, strict=True))
+
+
+def _build_logistic(hp: dict[str, Any], *, y, n_classes, balanced, seed, n_jobs) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    params = {"max_iter": 2000, **hp}
+    return LogisticRegression(
+        class_weight="balanced" if balanced else None, random_state=seed, **params
+    )
+
+
+def _build_forest(hp: dict[str, Any], *, y, n_classes, balanced, seed, n_jobs) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    # An explicit dict equals "balanced" and is safe with warm start (pruning steps).
+    weights = _class_weights(y) if balanced else None
+    return RandomForestClassifier(class_weight=weights, random_state=seed, n_jobs=n_jobs, **hp)
+
+
+def _build_xgboost(hp: dict[str, Any], *, y, n_classes, balanced, seed, n_jobs) -> Any:
+    import xgboost as xgb
+
+    params: dict[str, Any] = {"tree_method": "hist", "random_state": seed, "n_jobs": n_jobs, **hp}
+    if n_classes == 2:
+        params["objective"] = "binary:logistic"
+        if balanced:
+            pos = max(int(np.sum(y == 1)), 1)
+            params["scale_pos_weight"] = float((len(y) - pos) / pos)
+    else:
+        params["objective"] = "multi:softprob"
+    return xgb.XGBClassifier(**params)
+
+
+def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
+    if n_classes == 2 and raw.ndim == 1:
+        return np.column_stack([1 - raw, raw])
+    return raw
+
+
+def _fit_once(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
+    estimator.fit(x_train, y_train, **fit_params)
+    report(1, estimator.predict_proba(x_valid), True)
+    return estimator
+
+
+def _fit_forest(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
+    total = estimator.get_params()["n_estimators"]
+    estimator.set_params(warm_start=True)
+    for k in range(1, steps["rf_steps"] + 1):
+        n = max(1, math.ceil(total * k / steps["rf_steps"]))
+        if k > 1 and n == estimator.get_params()["n_estimators"]:
+            continue
+        estimator.set_params(n_estimators=n)
+        estimator.fit(x_train, y_train, **fit_params)
+        report(n, estimator.predict_proba(x_valid), n >= total)
+    estimator.set_params(warm_start=False)
+    return estimator
+
+
+def _fit_xgboost(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
+    import xgboost as xgb
+
+    total = int(estimator.get_params()["n_estimators"] or 100)
+    every = steps["report_every"]
+
+    class Reporting(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+            rounds = epoch + 1
+            if rounds % every == 0 or rounds == total:
+                raw = model.inplace_predict(x_valid, iteration_range=(0, rounds))
+                report(rounds, _as_proba(raw, n_classes), rounds == total)
+            return False
+
+    estimator.set_params(callbacks=[Reporting()])
+    try:
+        estimator.fit(x_train, y_train, **fit_params)
+    finally:
+        estimator.set_params(callbacks=None)
+    return estimator
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            name="logistic_regression",
+            needs_scaling=True,
+            hyperparameters=frozenset({"C", "l1_ratio", "max_iter", "tol"}),
+            explainer="linear",
+            shap_output="log-odds",
+            native_format=False,
+            requirements=(),
+            multiclass_sample_weights=False,
+            build=_build_logistic,
+            fit_steps=_fit_once,
+        ),
+        Family(
+            name="random_forest",
+            needs_scaling=False,
+            hyperparameters=frozenset(
+                {
+                    "n_estimators",
+                    "max_depth",
+                    "min_samples_leaf",
+                    "min_samples_split",
+                    "max_features",
+                    "max_samples",
+                    "criterion",
+                }
+            ),
+            explainer="tree",
+            shap_output="probability",
+            native_format=False,
+            requirements=(),
+            multiclass_sample_weights=False,
+            build=_build_forest,
+            fit_steps=_fit_forest,
+        ),
+        Family(
+            name="xgboost",
+            needs_scaling=False,
+            hyperparameters=frozenset(
+                {
+                    "n_estimators",
+                    "max_depth",
+                    "learning_rate",
+                    "subsample",
+                    "colsample_bytree",
+                    "colsample_bylevel",
+                    "min_child_weight",
+                    "reg_lambda",
+                    "reg_alpha",
+                    "gamma",
+                    "max_bin",
+                    "grow_policy",
+                    "max_leaves",
+                }
+            ),
+            explainer="tree",
+            shap_output="log-odds",
+            native_format=True,
+            requirements=("xgboost-cpu",),
+            multiclass_sample_weights=True,
+            build=_build_xgboost,
+            fit_steps=_fit_xgboost,
+        ),
+    )
+}
+FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
+
+
+def get(name: str) -> Family:
+    """The family called ``name``.
+
+    Raises:
+        ValueError: not a known family (params.yaml is validated against FAMILY_NAMES
+            first, so this means a model or study from another version).
+    """
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}") from None
 
 
 def make_estimator(
@@ -36,82 +235,25 @@ def make_estimator(
     class_weight: str,
     seed: int,
     n_jobs: int,
-) -> ClassifierMixin:
+) -> Any:
     """An unfitted estimator with the imbalance handling params.yaml asks for."""
-    balanced = class_weight == "balanced"
-    if family == "logistic_regression":
-        params = {"max_iter": 2000, **hp}
-        return LogisticRegression(
-            class_weight="balanced" if balanced else None, random_state=seed, **params
-        )
-    if family == "random_forest":
-        # An explicit dict equals "balanced" and is safe with warm start (pruning steps).
-        weights = None
-        if balanced:
-            classes = np.unique(y)
-            weights = dict(
-                zip(
-                    classes.tolist(),
-                    compute_class_weight("balanced", classes=classes, y=y),
-                    strict=True,
-                )
-            )
-        return RandomForestClassifier(
-            class_weight=weights,
-            random_state=seed,
-            n_jobs=n_jobs,
-            **hp,
-        )
-    if family == "xgboost":
-        params: dict[str, Any] = {
-            "tree_method": "hist",
-            "random_state": seed,
-            "n_jobs": n_jobs,
-            **hp,
-        }
-        if n_classes == 2:
-            params["objective"] = "binary:logistic"
-            if balanced:
-                pos = max(int(np.sum(y == 1)), 1)
-                params["scale_pos_weight"] = float((len(y) - pos) / pos)
-        else:
-            params["objective"] = "multi:softprob"
-        return xgb.XGBClassifier(**params)
-    raise ValueError(f"unknown family {family!r}")
+    return get(family).build(
+        hp, y=y, n_classes=n_classes, balanced=class_weight == "balanced", seed=seed, n_jobs=n_jobs
+    )
 
 
 def fit_kwargs(family: str, y: np.ndarray, n_classes: int, class_weight: str) -> dict[str, Any]:
-    """Extra fit arguments: multiclass XGBoost takes balanced sample weights."""
-    if family == "xgboost" and n_classes > 2 and class_weight == "balanced":
+    """Extra fit arguments: balanced sample weights where the family takes them."""
+    if get(family).multiclass_sample_weights and n_classes > 2 and class_weight == "balanced":
+        from sklearn.utils.class_weight import compute_sample_weight
+
         return {"sample_weight": compute_sample_weight("balanced", y)}
     return {}
 
 
-class _XGBReport(xgb.callback.TrainingCallback):
-    def __init__(self, x_valid: np.ndarray, every: int, total: int, report: Report, n_classes: int):
-        self.x_valid = x_valid
-        self.every = every
-        self.total = total
-        self.report = report
-        self.n_classes = n_classes
-
-    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
-        rounds = epoch + 1
-        if rounds % self.every == 0 or rounds == self.total:
-            raw = model.inplace_predict(self.x_valid, iteration_range=(0, rounds))
-            self.report(rounds, _as_proba(raw, self.n_classes), rounds == self.total)
-        return False
-
-
-def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
-    if n_classes == 2 and raw.ndim == 1:
-        return np.column_stack([1 - raw, raw])
-    return raw
-
-
 def fit_reporting(
     family: str,
-    estimator: ClassifierMixin,
+    estimator: Any,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_valid: np.ndarray,
@@ -121,32 +263,18 @@ def fit_reporting(
     report_every: int,
     rf_steps: int,
     fit_params: dict[str, Any],
-) -> ClassifierMixin:
-    """Fit, calling ``report(step, validation probabilities)`` along the way.
+) -> Any:
+    """Fit, calling ``report(step, validation probabilities, final)`` along the way.
 
     ``report`` may raise (for example ``optuna.TrialPruned``) to stop the fit early.
     """
-    if family == "xgboost":
-        total = int(estimator.get_params()["n_estimators"] or 100)
-        callback = _XGBReport(x_valid, report_every, total, report, n_classes)
-        estimator.set_params(callbacks=[callback])
-        try:
-            estimator.fit(x_train, y_train, **fit_params)
-        finally:
-            estimator.set_params(callbacks=None)
-        return estimator
-    if family == "random_forest":
-        total = estimator.get_params()["n_estimators"]
-        estimator.set_params(warm_start=True)
-        for k in range(1, rf_steps + 1):
-            n = max(1, math.ceil(total * k / rf_steps))
-            if k > 1 and n == estimator.get_params()["n_estimators"]:
-                continue
-            estimator.set_params(n_estimators=n)
-            estimator.fit(x_train, y_train, **fit_params)
-            report(n, estimator.predict_proba(x_valid), n >= total)
-        estimator.set_params(warm_start=False)
-        return estimator
-    estimator.fit(x_train, y_train, **fit_params)
-    report(1, estimator.predict_proba(x_valid), True)
-    return estimator
+    return get(family).fit_steps(
+        estimator,
+        x_train,
+        y_train,
+        x_valid,
+        report,
+        n_classes=n_classes,
+        steps={"report_every": report_every, "rf_steps": rf_steps},
+        fit_params=fit_params,
+    )

@@ -1,6 +1,6 @@
 """Preprocessing: the sklearn ColumnTransformer every candidate pipeline starts with.
 
-Input is the canonical frame from ``schema.coerce``: numeric columns (float64, NaN for
+Input is the canonical frame from ``columns.coerce``: numeric columns (float64, NaN for
 missing) and categorical columns (strings, ``__missing__`` for missing). Numeric columns are
 median-imputed with missing-value indicators, and scaled where it matters (linear models);
 categorical columns are one-hot encoded, tolerating categories never seen in training and
@@ -9,14 +9,22 @@ grouping rare ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mlplatform.columns import (
+    ColumnSpec,
+    categorical_feature_names,
+    coerce,
+    numeric_feature_names,
+)
 from mlplatform.config import FeaturesConfig
-from mlplatform.schema import ColumnSpec, categorical_feature_names, numeric_feature_names
 
 
 def build_preprocessor(
@@ -52,6 +60,38 @@ def build_preprocessor(
             )
         )
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=True)
+
+
+def design_matrices(
+    specs: list[ColumnSpec],
+    cfg: FeaturesConfig,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    scales: Iterable[bool],
+) -> dict[bool, tuple[ColumnTransformer, np.ndarray, np.ndarray]]:
+    """Model matrices of the train and validation splits, for each scaling variant asked.
+
+    Raw records are coerced once; each variant's preprocessor is fitted on train only.
+
+    Args:
+        specs: the model's raw input columns.
+        cfg: features section of params.
+        train: raw training records.
+        valid: raw validation records.
+        scales: which variants to build (True: standardised numeric columns).
+
+    Returns:
+        scale -> (fitted preprocessor, train matrix, validation matrix).
+    """
+    canonical_train, _ = coerce(train, specs)
+    canonical_valid, _ = coerce(valid, specs)
+    out = {}
+    for scale in sorted(set(scales)):
+        pre = build_preprocessor(specs, cfg, scale=scale)
+        x_train = np.asarray(pre.fit_transform(canonical_train), dtype=np.float64)
+        x_valid = np.asarray(pre.transform(canonical_valid), dtype=np.float64)
+        out[scale] = (pre, x_train, x_valid)
+    return out
 
 
 def source_columns(preprocessor: ColumnTransformer, specs: list[ColumnSpec]) -> list[str]:

@@ -102,6 +102,12 @@ def write_parquet(dest: Path | str, frame: pd.DataFrame) -> None:
         frame.to_parquet(tmp, index=False, engine="pyarrow", compression="snappy")
 
 
+def digest(payload: Any) -> str:
+    """A short, stable hash of JSON-able data (keys sorted; other objects by ``str``)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
     """MD5 of a file's bytes: the same hash DVC 3 records in dvc.lock for a file output."""
     digest = hashlib.md5()

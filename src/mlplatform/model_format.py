@@ -11,7 +11,7 @@ No pickle or cloudpickle file is written or read: skops refuses any type not on 
 explicit list in model.json, and the MLmodel file names this module as the loader (it must
 be installed, as it is in the project's virtualenv), so the registry holds data, not code.
 
-Scoring goes raw records -> ``schema.coerce`` -> preprocessing -> estimator. The
+Scoring goes raw records -> ``columns.coerce`` -> preprocessing -> estimator. The
 preprocessing is compiled from the fitted transformer's public attributes into a few numpy
 operations (imputation, indicators, scaling, one-hot lookups), checked at save time to give
 exactly the transformer's output, with the transformer itself as the fallback.
@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform import families
+from mlplatform.columns import ColumnSpec, coerce, coerce_arrays
 from mlplatform.errors import ModelError
-from mlplatform.schema import ColumnSpec, coerce, coerce_arrays
 
 FORMAT_VERSION = 1
 DATA_DIR = "mlplatform_model"
@@ -62,6 +63,11 @@ SKLEARN_TRUSTED = [
 
 def probability_column(cls: Any) -> str:
     return f"{PROBA_PREFIX}{cls}"
+
+
+def probabilities(out: pd.DataFrame, classes: list[Any]) -> np.ndarray:
+    """The class probabilities of a ``predict`` answer (rows x classes, in class order)."""
+    return out[[probability_column(c) for c in classes]].to_numpy(dtype=np.float64)
 
 
 class ModelFormatError(ModelError):
@@ -201,7 +207,7 @@ class TabularModel:
         self.compiled: CompiledPreprocessor | None = None
         if self.meta.get("compiled_preprocessing", False):
             self.compiled = CompiledPreprocessor(self.preprocessor)
-        if self.family == "xgboost":
+        if families.get(self.family).native_format:
             import xgboost as xgb
 
             self.booster = xgb.Booster()
@@ -446,7 +452,7 @@ def write_folder(
     """
     folder.mkdir(parents=True, exist_ok=True)
     trusted = _skops_dump(preprocessor, folder / "preprocessor.skops")
-    if family == "xgboost":
+    if families.get(family).native_format:
         estimator.get_booster().save_model(str(folder / "estimator.ubj"))
     else:
         trusted += _skops_dump(estimator, folder / "estimator.skops")

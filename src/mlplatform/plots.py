@@ -25,11 +25,18 @@ from mlplatform.io import atomic_path
 _PNG_META = {"Software": None}
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def save_figure(fig: Any, path: Path, *, dpi: int = 90, tight: bool = True, **savefig: Any) -> Path:
+    """Write a figure as PNG atomically (fixed metadata: same figure, same bytes) and close it.
+
+    Args:
+        tight: apply ``tight_layout`` first (callers that set their own margins pass False).
+        savefig: more arguments for ``Figure.savefig`` (e.g. ``bbox_inches``).
+    """
+    if tight:
+        fig.tight_layout()
     try:
         with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=90, metadata=_PNG_META, format="png")
+            fig.savefig(tmp, dpi=dpi, metadata=_PNG_META, format="png", **savefig)
     finally:
         plt.close(fig)
     return path
@@ -52,7 +59,7 @@ def roc(y: np.ndarray, proba: np.ndarray, classes: list[Any], path: Path) -> Pat
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (test set)")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def precision_recall(
@@ -76,7 +83,7 @@ def precision_recall(
         ylim=(0, 1.02),
     )
     ax.legend(loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def calibration(y: np.ndarray, proba: np.ndarray, classes: list[Any], path: Path) -> Path:
@@ -93,7 +100,7 @@ def calibration(y: np.ndarray, proba: np.ndarray, classes: list[Any], path: Path
         title="Calibration (test set, quantile bins)",
     )
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion(matrix: list[list[int]], classes: list[Any], path: Path, title: str) -> Path:
@@ -101,4 +108,4 @@ def confusion(matrix: list[list[int]], classes: list[Any], path: Path, title: st
     disp = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[str(c) for c in classes])
     disp.plot(ax=ax, colorbar=False, values_format="d")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

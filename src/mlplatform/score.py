@@ -63,12 +63,12 @@ class ScoreSummary:
 
 def resolve(params: Params, model_uri: str | None) -> tuple[str, str | None, str | None]:
     """(uri, registered name, version): the champion unless a URI is given."""
-    from mlplatform import registry, tracking
+    from mlplatform import tracking, versions
 
     client, _ = tracking.setup(params)
     name = params.registry.model_name
     if model_uri is None:
-        version = registry.alias_version(client, name, registry.CHAMPION)
+        version = versions.alias_version(client, name, versions.CHAMPION)
         if version is None:
             raise ModelError(
                 f"registered model '{name}' has no champion yet; run `mlplatform promote` "
@@ -79,7 +79,7 @@ def resolve(params: Params, model_uri: str | None) -> tuple[str, str | None, str
     if m:
         name, version, alias = m.groups()
         if alias:
-            version = registry.alias_version(client, name, alias)
+            version = versions.alias_version(client, name, alias)
             if version is None:
                 raise ModelError(f"registered model '{name}' has no alias '{alias}'")
         return f"models:/{name}/{version}", name, version

@@ -18,40 +18,12 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from mlplatform import families
 from mlplatform.config import DistributionSpec, TuneConfig
 from mlplatform.errors import ConfigError
 
 FAMILY_PARAM = "family"
 NO_FAMILY = "(not sampled)"
-
-# Hyperparameters each family accepts, so a typo in params.yaml fails before the search.
-KNOWN: dict[str, set[str]] = {
-    "logistic_regression": {"C", "l1_ratio", "max_iter", "tol"},
-    "random_forest": {
-        "n_estimators",
-        "max_depth",
-        "min_samples_leaf",
-        "min_samples_split",
-        "max_features",
-        "max_samples",
-        "criterion",
-    },
-    "xgboost": {
-        "n_estimators",
-        "max_depth",
-        "learning_rate",
-        "subsample",
-        "colsample_bytree",
-        "colsample_bylevel",
-        "min_child_weight",
-        "reg_lambda",
-        "reg_alpha",
-        "gamma",
-        "max_bin",
-        "grow_policy",
-        "max_leaves",
-    },
-}
 
 
 def to_distribution(spec: DistributionSpec) -> BaseDistribution:
@@ -78,8 +50,9 @@ def parse(cfg: TuneConfig) -> dict[str, dict[str, BaseDistribution | Any]]:
     for family, params in cfg.families.items():
         space: dict[str, Any] = {}
         for name, spec in params.items():
-            if name not in KNOWN[family]:
-                known = ", ".join(sorted(KNOWN[family]))
+            accepted = families.get(family).hyperparameters
+            if name not in accepted:
+                known = ", ".join(sorted(accepted))
                 raise ConfigError(
                     f"tune.families.{family}.{name}: unknown hyperparameter (known: {known})"
                 )

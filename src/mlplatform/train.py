@@ -24,12 +24,11 @@ from sklearn.compose import ColumnTransformer
 
 from mlplatform import families, model_format
 from mlplatform.config import Params, Paths
+from mlplatform.dataset import DatasetSchema, load_schema, load_split
 from mlplatform.errors import ModelError
-from mlplatform.features import build_preprocessor
+from mlplatform.features import design_matrices
 from mlplatform.io import atomic_dir, read_json, write_json
 from mlplatform.metrics import choose_threshold, validation_metrics
-from mlplatform.prepare import DatasetSchema, load_schema, load_split
-from mlplatform.schema import coerce
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,12 @@ def fit(
     hp: dict[str, Any],
 ) -> Fitted:
     """Fit preprocessing and estimator on train; choose the threshold on validation."""
-    ct, _ = coerce(train, schema.features)
-    cv, _ = coerce(valid, schema.features)
+    scale = families.get(family).needs_scaling
+    ((pre, x_train, x_valid),) = design_matrices(
+        schema.features, params.features, train, valid, [scale]
+    ).values()
     y_train = schema.encode_target(train[schema.target]).to_numpy()
     y_valid = schema.encode_target(valid[schema.target]).to_numpy()
-    pre = build_preprocessor(schema.features, params.features, families.NEEDS_SCALING[family])
-    x_train = np.asarray(pre.fit_transform(ct), dtype=np.float64)
-    x_valid = np.asarray(pre.transform(cv), dtype=np.float64)
     n_classes = len(schema.classes)
     estimator = families.make_estimator(
         family,
@@ -102,8 +100,7 @@ def signature(schema: DatasetSchema) -> Any:
 
 def pip_requirements(family: str) -> list[str]:
     libs = ["mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy"]
-    if family == "xgboost":
-        libs.append("xgboost-cpu")
+    libs += families.get(family).requirements
     return [f"{lib}=={metadata.version(lib)}" for lib in libs]
 
 
@@ -163,8 +160,7 @@ def verify(model_dir: Path, fitted: Fitted, schema: DatasetSchema, valid: pd.Dat
 
     loaded = model_format.load_pyfunc(model_dir)
     out = loaded.predict(valid[schema.feature_names])
-    cols = [model_format.probability_column(c) for c in schema.classes]
-    got = out[cols].to_numpy(dtype=np.float64)
+    got = model_format.probabilities(out, schema.classes)
     diff = float(np.max(np.abs(got - fitted.valid_proba))) if len(got) else 0.0
     if fitted.threshold is not None:
         labels = (fitted.valid_proba[:, 1] >= fitted.threshold).astype(int)

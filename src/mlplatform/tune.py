@@ -14,40 +14,46 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.pruners import BasePruner, NopPruner, PercentilePruner
-from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from mlplatform import families, search_space
+from mlplatform import families, search_space, tracking
 from mlplatform.config import Params, Paths
+from mlplatform.dataset import DatasetSchema, load_schema, load_split
 from mlplatform.errors import MlplatformError
-from mlplatform.features import build_preprocessor
-from mlplatform.io import file_md5, write_json
+from mlplatform.features import design_matrices
+from mlplatform.io import write_json
 from mlplatform.metrics import Objective, objective, validation_metrics
-from mlplatform.prepare import DatasetSchema, load_schema, load_split
-from mlplatform.schema import coerce
-from mlplatform.tracking import RunRecord, TrackingWorker
+from mlplatform.storage import (
+    SingleWriterJournal,
+    exclusive,
+    make_storage,
+    new_study,
+    shared_study_lock,
+    study_name,
+)
+from mlplatform.trial_runs import (
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    METRICS_ATTR,
+    PARENT_ATTR,
+    RunRecord,
+    TrackingWorker,
+    reconcile,
+    trial_record,
+)
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-PARENT_ATTR = "mlflow_parent_run_id"
-INTERRUPTED_ATTR = "interrupted"
-METRICS_ATTR = "valid_metrics"
-ERROR_ATTR = "error"
 
 
 # --------------------------------------------------------------------------------------
@@ -71,64 +77,14 @@ def load_search_data(params: Params, paths: Paths, families_used: list[str]) -> 
     """Coerce and preprocess train/validation once per preprocessing variant."""
     schema = load_schema(paths)
     train, valid = load_split(paths, "train"), load_split(paths, "validation")
-    ct, _ = coerce(train, schema.features)
-    cv, _ = coerce(valid, schema.features)
-    x_train, x_valid = {}, {}
-    for scaled in sorted({families.NEEDS_SCALING[f] for f in families_used}):
-        pre = build_preprocessor(schema.features, params.features, scale=scaled)
-        x_train[scaled] = np.asarray(pre.fit_transform(ct), dtype=np.float64)
-        x_valid[scaled] = np.asarray(pre.transform(cv), dtype=np.float64)
+    scales = {families.get(f).needs_scaling for f in families_used}
+    matrices = design_matrices(schema.features, params.features, train, valid, scales)
     return SearchData(
         schema=schema,
         y_train=schema.encode_target(train[schema.target]).to_numpy(),
         y_valid=schema.encode_target(valid[schema.target]).to_numpy(),
-        x_train=x_train,
-        x_valid=x_valid,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Pruning that compares a trial only with trials of its own family.
-
-
-class _FamilyView:
-    """The parts of a Study a pruner reads, restricted to one family's trials."""
-
-    def __init__(self, study: optuna.Study, family: Any) -> None:
-        self._study = study
-        self._family = family
-        self.direction = study.direction
-        self.directions = study.directions
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        return [t for t in trials if t.params.get(search_space.FAMILY_PARAM) == self._family]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
-class FamilyPruner(BasePruner):
-    """Delegates to a pruner that only sees trials of the same model family."""
-
-    def __init__(self, inner: BasePruner) -> None:
-        self.inner = inner
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        family = trial.params.get(search_space.FAMILY_PARAM)
-        return self.inner.prune(_FamilyView(study, family), trial)  # type: ignore[arg-type]
-
-
-def make_pruner(params: Params) -> BasePruner:
-    cfg = params.tune.pruner
-    if not cfg.enabled:
-        return NopPruner()
-    return FamilyPruner(
-        PercentilePruner(
-            cfg.percentile,
-            n_startup_trials=cfg.n_startup_trials,
-            n_warmup_steps=cfg.n_warmup_steps,
-        )
+        x_train={scale: x for scale, (_, x, _) in matrices.items()},
+        x_valid={scale: x for scale, (_, _, x) in matrices.items()},
     )
 
 
@@ -143,7 +99,7 @@ def make_objective(
 
     def run_trial(trial: optuna.Trial) -> float:
         family, hp = search_space.suggest(trial, spaces)
-        scaled = families.NEEDS_SCALING[family]
+        scaled = families.get(family).needs_scaling
         x_train, x_valid = data.x_train[scaled], data.x_valid[scaled]
         estimator = families.make_estimator(
             family,
@@ -214,114 +170,8 @@ def run_search(
     return study
 
 
-def new_study(params: Params, storage: Any = None, study_name: str | None = None) -> optuna.Study:
-    metric = objective(params.tune.metric)
-    return optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=params.seed),
-        pruner=make_pruner(params),
-        direction=metric.direction,
-        load_if_exists=study_name is not None,
-    )
-
-
 # --------------------------------------------------------------------------------------
-# Storage, identity, locking.
-
-
-class SingleWriterJournal(BaseJournalBackend):
-    """Optuna's journal file for one writer at a time (``tune`` holds an exclusive lock).
-
-    Same line format as ``JournalFileBackend`` (either can open the file), without its
-    per-operation file lock, fsync and re-read, which cost about 0.2 ms per ``report`` and
-    ``should_prune``: 5-6% of a search on the default data. Each append is flushed to the OS,
-    so a killed process loses nothing; the file is fsynced when the search ends.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
-        raw = path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):  # a write cut short by a crash: drop the partial line
-            with open(path, "r+b") as fh:
-                fh.truncate(len(complete))
-        self._logs = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        self._fh = open(path, "ab")  # noqa: SIM115 (kept open for the search)
-
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
-        yield from self._logs[log_number_from:]
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in logs)
-        self._fh.write(text.encode("utf-8"))
-        self._fh.flush()
-        self._logs.extend(logs)
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-
-
-def make_storage(paths: Paths) -> Any:
-    """The study storage: MLPLATFORM_OPTUNA_STORAGE (RDB or redis URL) or a journal file."""
-    url = os.environ.get("MLPLATFORM_OPTUNA_STORAGE")
-    from optuna.storages import JournalStorage, RDBStorage
-
-    if url and url.startswith("redis://"):
-        from optuna.storages.journal import JournalRedisBackend
-
-        return JournalStorage(JournalRedisBackend(url))
-    if url:
-        return RDBStorage(url)
-    return JournalStorage(SingleWriterJournal(paths.optuna_journal))
-
-
-def study_name(params: Params, paths: Paths) -> str:
-    """Same search config, seed and data -> same study (so a re-run resumes it)."""
-    from mlplatform.tracking import params_digest
-
-    identity = {
-        # n_trials is part of it: a search of 60 trials is not "the same" as one of 40 run
-        # longer, and the same params must give the same result on any machine.
-        "tune": params.tune.model_dump(mode="json", exclude={"timeout_s"}),
-        "features": params.features.model_dump(mode="json"),
-        "seed": params.seed,
-        "data": {s: file_md5(paths.split(s)) for s in ("train", "validation")},
-        "schema": file_md5(paths.schema),
-    }
-    return f"{params.mlflow.experiment}-{params_digest(identity)}"
-
-
-@contextlib.contextmanager
-def exclusive(lock_path: Path) -> Iterator[None]:
-    """One search per project at a time (a second one would corrupt the resume logic)."""
-    from mlplatform import registry
-
-    busy = f"{lock_path}: another tune is running in this project; wait for it to finish"
-    with registry.file_lock(lock_path, 0, busy):
-        yield
-
-
-@contextlib.contextmanager
-def shared_study_lock(study: str) -> Iterator[None]:
-    """With a shared PostgreSQL study storage (team mode), one driver per study across
-    machines; a no-op for local storage (the project lock covers it)."""
-    from mlplatform import registry
-
-    url = os.environ.get("MLPLATFORM_OPTUNA_STORAGE")
-    if not registry.is_postgres(url):
-        yield
-        return
-    busy = (
-        f"Optuna study '{study}': another tune is running it in the shared storage "
-        "(MLPLATFORM_OPTUNA_STORAGE); wait for it to finish"
-    )
-    with registry.pg_advisory_lock(url, f"optuna-study:{study}", 0, busy):
-        yield
+# Stopping.
 
 
 @contextlib.contextmanager
@@ -339,116 +189,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------
-# Trials -> MLflow runs.
-
-
-def _ms(dt: Any) -> int:
-    return int(dt.timestamp() * 1000) if dt is not None else int(time.time() * 1000)
-
-
-def trial_record(
-    trial: FrozenTrial,
-    *,
-    experiment_id: str,
-    parent_run_id: str,
-    name: str,
-    metric: Objective,
-    spaces: dict[str, dict[str, Any]],
-) -> RunRecord:
-    """One finished trial as an MLflow run record (same names for every family)."""
-    family, hp = search_space.plain_params(trial.params, spaces)
-    interrupted = bool(trial.user_attrs.get(INTERRUPTED_ATTR))
-    state = "KILLED" if interrupted else trial.state.name
-    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "KILLED": "KILLED"}.get(state, "FAILED")
-    start, end = _ms(trial.datetime_start), _ms(trial.datetime_complete)
-    steps = sorted(trial.intermediate_values.items())
-    metrics: dict[str, float] = {"duration_s": max(end - start, 0) / 1000.0}
-    figures = trial.user_attrs.get(METRICS_ATTR)
-    if figures:
-        metrics.update({f"valid_{k}": v for k, v in figures.items()})
-    elif steps:
-        metrics[f"valid_{metric.name}"] = steps[-1][1]
-    if steps:
-        metrics["last_step"] = float(steps[-1][0])
-    tags = {
-        "mlflow.parentRunId": parent_run_id,
-        "optuna.study_name": name,
-        "optuna.trial_number": str(trial.number),
-        "trial_state": state,
-        "family": family,
-    }
-    if err := trial.user_attrs.get(ERROR_ATTR):
-        tags["error"] = str(err)
-    if (retry := trial.user_attrs.get("retry_of")) is not None:
-        tags["optuna.retry_of"] = str(retry)
-    return RunRecord(
-        experiment_id=experiment_id,
-        run_name=f"trial-{trial.number:03d}-{family}",
-        start_ms=start,
-        end_ms=end,
-        status=status,
-        params={"family": family, **hp},
-        metrics=metrics,
-        step_metrics=[(f"intermediate_{metric.name}", v, int(s)) for s, v in steps],
-        tags=tags,
-    )
-
-
-def reconcile(
-    study: optuna.Study,
-    client: Any,
-    experiment_id: str,
-    parent_run_id: str,
-    record: Callable[[FrozenTrial], RunRecord],
-) -> dict[str, int]:
-    """Make MLflow agree with the study after a crash.
-
-    Trials left RUNNING by a dead process are marked failed (and queued again); runs left
-    half-written are replaced; finished trials without a run get one.
-    """
-    from mlflow.entities import ViewType
-
-    from mlplatform.tracking import write_run
-
-    storage = study._storage
-    fixed = {"stale_trials": 0, "requeued": 0, "runs_written": 0, "runs_replaced": 0}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        fixed["stale_trials"] += 1
-    # Parameters of trials that died are tried again (once each).
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        died = t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED_ATTR)
-        if died and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            fixed["requeued"] += 1
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        run_view_type=ViewType.ACTIVE_ONLY,
-        max_results=50_000,
-    )
-    have: dict[int, Any] = {}
-    for run in runs:
-        number = run.data.tags.get("optuna.trial_number")
-        if number is None:
-            continue
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            client.delete_run(run.info.run_id)
-            fixed["runs_replaced"] += 1
-            continue
-        have[int(number)] = run
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    for t in study.get_trials(deepcopy=False, states=finished):
-        if t.number not in have:
-            write_run(client, record(t))
-            fixed["runs_written"] += 1
-    return fixed
-
-
-# --------------------------------------------------------------------------------------
 # The stage.
 
 
@@ -463,8 +203,6 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Run (or resume) the study with full MLflow tracking; write reports/tune.json."""
-    from mlplatform import tracking
-
     spaces = search_space.parse(params.tune)
     metric = objective(params.tune.metric)
     clock = time.perf_counter
@@ -558,8 +296,6 @@ def _parent_run(
     study: optuna.Study, client: Any, exp_id: str, params: Params, paths: Paths, name: str
 ) -> str:
     from mlflow.exceptions import MlflowException
-
-    from mlplatform import tracking
 
     parent_id = study.user_attrs.get(PARENT_ATTR)
     if parent_id:
@@ -671,52 +407,3 @@ def finish_parent(
         },
         "trials": counts,
     }
-
-
-def search_plots(study: optuna.Study, best_family: str, folder: Path) -> list[Path]:
-    """Optimisation history and hyperparameter importances (within the best family).
-
-    Intermediate values are on each trial's run as step metrics (MLflow charts them).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    out: list[Path] = []
-
-    def save(ax: Any, name: str) -> None:
-        fig = ax.figure
-        fig.set_size_inches(9, 5)
-        fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.12)
-        path = folder / name
-        fig.savefig(path, dpi=72)
-        plt.close(fig)
-        out.append(path)
-
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        save(ovm.plot_optimization_history(study), "optimization_history.png")
-        family_trials = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.params.get(search_space.FAMILY_PARAM) == best_family
-        ]
-        names = sorted({k for t in family_trials for k in t.params} - {search_space.FAMILY_PARAM})
-        if len(family_trials) >= 2 and names:
-            from optuna.importance import PedAnovaImportanceEvaluator
-
-            sub = optuna.create_study(direction=study.direction)
-            sub.add_trials(family_trials)
-            try:
-                ax = ovm.plot_param_importances(
-                    sub, evaluator=PedAnovaImportanceEvaluator(), params=names
-                )
-                ax.set_title(f"Hyperparameter importances ({best_family})")
-                save(ax, "param_importances.png")
-            except (ValueError, RuntimeError) as exc:
-                log.warning("parameter importances not plotted: %s", exc)
-    return out

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform.columns import FALSE_TOKENS, TRUE_TOKENS, ColumnSpec, infer_kind, make_spec
 from mlplatform.config import ColumnKind, DataConfig
 from mlplatform.errors import DataValidationError
-from mlplatform.schema import FALSE_TOKENS, TRUE_TOKENS, ColumnSpec, infer_kind, make_spec
 
 MIN_ROWS_PER_CLASS = 3
 

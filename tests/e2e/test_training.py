@@ -288,9 +288,11 @@ def test_search_lock_dies_with_a_killed_search(tmp_path):
     script = f"""
 import os, sys, time
 from pathlib import Path
+from mlplatform import storage
+from mlplatform import trial_runs
 from mlplatform import tune, tracking
-with tune.exclusive(Path({str(tmp_path)!r}) / "tune.lock"):
-    worker = tracking.TrackingWorker("sqlite:///{tmp_path}/m.db")
+with storage.exclusive(Path({str(tmp_path)!r}) / "tune.lock"):
+    worker = trial_runs.TrackingWorker("sqlite:///{tmp_path}/m.db")
     print("ready", flush=True)
     time.sleep(60)
 """

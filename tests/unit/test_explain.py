@@ -12,7 +12,7 @@ import xgboost as xgb
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from mlplatform import explain, features, model_format, schema
+from mlplatform import columns, explain, families, features, model_format
 from mlplatform.config import ExplainConfig, FeaturesConfig
 
 FAMILIES = ("xgboost", "random_forest", "logistic_regression")
@@ -95,8 +95,8 @@ class Built:
 def build(tmp_path_factory, family: str, task: str) -> Built:
     frame = make_frame()
     y = make_target(frame, task)
-    specs = [schema.make_spec(frame[c], schema.infer_kind(frame[c])) for c in frame.columns]
-    canonical, _ = schema.coerce(frame, specs)
+    specs = [columns.make_spec(frame[c], columns.infer_kind(frame[c])) for c in frame.columns]
+    canonical, _ = columns.coerce(frame, specs)
     pre = features.build_preprocessor(
         specs, FeaturesConfig(), scale=family == "logistic_regression"
     ).fit(canonical)
@@ -176,7 +176,7 @@ def test_shape_columns_and_outputs(explained):
 def test_method_and_output_space(explained):
     b, _, exp = explained
     assert exp.method == ("linear" if b.family == "logistic_regression" else "tree")
-    assert exp.space == explain.OUTPUT_SPACE[b.family]
+    assert exp.space == families.get(b.family).shap_output
     assert exp.space == ("probability" if b.family == "random_forest" else "log-odds")
 
 

@@ -14,7 +14,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlplatform import features, model_format, schema
+from mlplatform import columns, features, model_format
 from mlplatform.config import FeaturesConfig
 
 CFG = FeaturesConfig(max_categories=4, min_frequency=0.05)
@@ -79,13 +79,13 @@ def frame() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def specs(frame) -> list[schema.ColumnSpec]:
-    return [schema.make_spec(frame[c], schema.infer_kind(frame[c])) for c in frame.columns]
+def specs(frame) -> list[columns.ColumnSpec]:
+    return [columns.make_spec(frame[c], columns.infer_kind(frame[c])) for c in frame.columns]
 
 
 @pytest.fixture(scope="module")
 def canonical(frame, specs) -> pd.DataFrame:
-    return schema.coerce(frame, specs)[0]
+    return columns.coerce(frame, specs)[0]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_compiled_equals_transformer(fitted, specs, canonical, scale):
 @pytest.mark.parametrize("scale", [False, True])
 def test_compiled_equals_transformer_on_unseen_missing_infrequent(fitted, specs, scale):
     pre = fitted[scale]
-    odd, invalid = schema.coerce(odd_rows(), specs)
+    odd, invalid = columns.coerce(odd_rows(), specs)
     assert set(invalid) == {"when"}  # "not a date"
     expected = pre.transform(odd)
     got = model_format.CompiledPreprocessor(pre).transform(odd)
@@ -150,8 +150,8 @@ def test_compiled_equals_transformer_on_unseen_missing_infrequent(fitted, specs,
 @pytest.mark.filterwarnings("ignore:Skipping features without any observed values")
 def test_compiled_handles_all_missing_numeric_column(frame):
     data = frame.assign(empty=np.nan)
-    specs = [schema.make_spec(data[c], schema.infer_kind(data[c])) for c in data.columns]
-    canonical = schema.coerce(data, specs)[0]
+    specs = [columns.make_spec(data[c], columns.infer_kind(data[c])) for c in data.columns]
+    canonical = columns.coerce(data, specs)[0]
     pre = features.build_preprocessor(specs, CFG, scale=True).fit(canonical)
     expected = pre.transform(canonical)
     got = model_format.CompiledPreprocessor(pre).transform(canonical)
@@ -229,7 +229,7 @@ def test_model_json(saved, specs):
     assert on_disk["classes"] == CLASSES
     assert on_disk["threshold"] == THRESHOLD
     assert on_disk["format_version"] == model_format.FORMAT_VERSION
-    assert [schema.ColumnSpec.from_dict(d) for d in on_disk["features"]] == specs
+    assert [columns.ColumnSpec.from_dict(d) for d in on_disk["features"]] == specs
     # Exactly the types skops does not trust by default, all on the project's list.
     trusted = on_disk["trusted_types"]
     skops_files = sorted(saved["folder"].glob("*.skops"))
@@ -257,7 +257,7 @@ def test_loaded_model_uses_compiled_preprocessing(saved):
 @pytest.mark.parametrize("rows", ["train", "odd"])
 def test_predict_proba_equals_original_pipeline(saved, frame, specs, rows):
     data = frame if rows == "train" else odd_rows()
-    canonical = schema.coerce(data, specs)[0]
+    canonical = columns.coerce(data, specs)[0]
     pipeline = Pipeline([("pre", saved["pre"]), ("model", saved["estimator"])])
     expected = pipeline.predict_proba(canonical)
     got = saved["model"].predict_proba(data)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow_store import new_client
 
-from mlplatform import registry
+from mlplatform import audit, locks, postgres, storage, versions
 from mlplatform.errors import RegistryError
 
 FORK = mp.get_context("fork")
@@ -46,15 +46,15 @@ def _record(action: str = "promote", **kw) -> dict:
 
 
 def test_append_numbers_records_and_history_returns_them_in_order(client):
-    assert registry.history(client, "m") == []
+    assert audit.history(client, "m") == []
     written = [
-        registry.append(client, "m", _record(version="1", champion_after="1")),
-        registry.append(
+        audit.append(client, "m", _record(version="1", champion_after="1")),
+        audit.append(
             client,
             "m",
             _record(version="2", decision="review", champion_before="1", champion_after="1"),
         ),
-        registry.append(
+        audit.append(
             client,
             "m",
             _record(
@@ -70,12 +70,12 @@ def test_append_numbers_records_and_history_returns_them_in_order(client):
     assert [r["seq"] for r in written] == [1, 2, 3]
     assert written[2]["when"] == "2024-01-02T03:04:05.000000Z"  # a given time is kept
     assert written[0]["when"].endswith("Z") and "T" in written[0]["when"]
-    got = registry.history(client, "m")
+    got = audit.history(client, "m")
     assert got == written
     assert set(got[0]) == set(_record()) | {"seq", "when"}
     # Queryable tags on each audit run; the experiment is flagged as the audit trail.
-    exp = client.get_experiment_by_name(registry.audit_experiment_name("m"))
-    assert exp.tags[registry.AUDIT_TAG] == "true"
+    exp = client.get_experiment_by_name(audit.audit_experiment_name("m"))
+    assert exp.tags[audit.AUDIT_TAG] == "true"
     runs = client.search_runs([exp.experiment_id], order_by=["tags.seq ASC"])
     assert [r.data.tags["seq"] for r in runs] == ["1", "2", "3"]
     assert [r.data.tags["action"] for r in runs] == ["promote", "promote", "review"]
@@ -83,7 +83,7 @@ def test_append_numbers_records_and_history_returns_them_in_order(client):
     assert runs[1].data.tags["decision"] == "review"
     assert all(r.info.status == "FINISHED" for r in runs)
     # Another model's history is separate.
-    assert registry.history(client, "other") == []
+    assert audit.history(client, "other") == []
 
 
 def test_long_rules_go_to_the_artifact_and_still_round_trip(client, tmp_path):
@@ -92,11 +92,11 @@ def test_long_rules_go_to_the_artifact_and_still_round_trip(client, tmp_path):
         for i in range(60)
     ]
     assert len(json.dumps(rules)) > 8000
-    registry.append(client, "m", _record())
-    written = registry.append(client, "m", _record(version="2", rules=rules))
+    audit.append(client, "m", _record())
+    written = audit.append(client, "m", _record(version="2", rules=rules))
     assert written["seq"] == 2
     assert written["rules"] == rules
-    got = registry.history(client, "m")
+    got = audit.history(client, "m")
     assert [r["seq"] for r in got] == [1, 2]
     small = got[1]
     assert small["shortened"] is True
@@ -104,30 +104,30 @@ def test_long_rules_go_to_the_artifact_and_still_round_trip(client, tmp_path):
     assert {k: v for k, v in written.items() if k != "rules"} == {
         k: v for k, v in small.items() if k != "shortened"
     }
-    exp = client.get_experiment_by_name(registry.audit_experiment_name("m"))
+    exp = client.get_experiment_by_name(audit.audit_experiment_name("m"))
     run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["seq"] == "2")
     assert len(run.data.tags["record"]) <= 8000
     (tmp_path / "dl").mkdir()
     path = client.download_artifacts(run.info.run_id, "record.json", str(tmp_path / "dl"))
     assert json.loads(Path(path).read_text()) == written
     # A third record still gets the next number.
-    assert registry.append(client, "m", _record(version="3"))["seq"] == 3
+    assert audit.append(client, "m", _record(version="3"))["seq"] == 3
 
 
 def test_deleted_audit_record_leaves_a_gap_not_a_reused_number(client):
     for v in ("1", "2", "3"):
-        registry.append(client, "m", _record(version=v))
-    exp = client.get_experiment_by_name(registry.audit_experiment_name("m"))
+        audit.append(client, "m", _record(version=v))
+    exp = client.get_experiment_by_name(audit.audit_experiment_name("m"))
     third = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["seq"] == "3")
     client.delete_run(third.info.run_id)
-    assert registry.append(client, "m", _record(version="4"))["seq"] == 4
-    assert [r["seq"] for r in registry.history(client, "m")] == [1, 2, 4]
+    assert audit.append(client, "m", _record(version="4"))["seq"] == 4
+    assert [r["seq"] for r in audit.history(client, "m")] == [1, 2, 4]
 
 
 def test_record_with_long_reason_is_kept_in_history(client):
-    registry.append(client, "m", _record("review", reason="r" * 9000))
-    registry.append(client, "m", _record())
-    assert [r["seq"] for r in registry.history(client, "m")] == [1, 2]
+    audit.append(client, "m", _record("review", reason="r" * 9000))
+    audit.append(client, "m", _record())
+    assert [r["seq"] for r in audit.history(client, "m")] == [1, 2]
 
 
 def test_approvals_for_picks_records_involving_the_version():
@@ -151,7 +151,7 @@ def test_approvals_for_picks_records_involving_the_version():
         rec("promote", "3", "reject", "1", "1", 5, reason=None),
         rec("promote", "4", "reject", "2", "2", 6),
     ]
-    rows = registry.approvals_for(records, "2")
+    rows = audit.approvals_for(records, "2")
     assert [r["when"] for r in rows] == [
         "2024-01-02 10:00:00",
         "2024-01-03 10:00:00",
@@ -161,16 +161,16 @@ def test_approvals_for_picks_records_involving_the_version():
     assert set(rows[0]) == {"when", "action", "version", "decision", "actor", "reason"}
     assert rows[1]["action"] == "review" and rows[1]["version"] == "2"
     assert len(rows[1]["reason"]) == 200
-    assert [r["when"][:10] for r in registry.approvals_for(records, 1)] == [
+    assert [r["when"][:10] for r in audit.approvals_for(records, 1)] == [
         "2024-01-01",
         "2024-01-02",
         "2024-01-03",
         "2024-01-04",
         "2024-01-05",
     ]
-    assert registry.approvals_for(records, "3")[0]["reason"] == ""
-    assert registry.approvals_for(records, "9") == []
-    assert registry.approvals_for([], "1") == []
+    assert audit.approvals_for(records, "3")[0]["reason"] == ""
+    assert audit.approvals_for(records, "9") == []
+    assert audit.approvals_for([], "1") == []
 
 
 # --------------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def test_approvals_for_picks_records_involving_the_version():
 def _three_versions(client, tmp_path, name="m"):
     source = tmp_path / "model"
     source.mkdir()
-    registry.ensure_registered_model(client, name)
-    registry.ensure_registered_model(client, name)  # idempotent
+    versions.ensure_registered_model(client, name)
+    versions.ensure_registered_model(client, name)  # idempotent
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return [str(client.create_model_version(name, str(source)).version) for _ in range(3)]
@@ -195,52 +195,52 @@ def _stage(client, name, version):
 
 def test_set_alias_and_aliases(client, tmp_path):
     assert _three_versions(client, tmp_path) == ["1", "2", "3"]
-    assert registry.aliases(client, "m") == {}
-    registry.set_alias(client, "m", registry.CHAMPION, "1", mirror=False)
-    registry.set_alias(client, "m", registry.CHALLENGER, 2, mirror=False)
-    registry.set_alias(client, "m", registry.PREVIOUS, "3", mirror=False)
-    assert registry.aliases(client, "m") == {
+    assert versions.aliases(client, "m") == {}
+    versions.set_alias(client, "m", versions.CHAMPION, "1", mirror=False)
+    versions.set_alias(client, "m", versions.CHALLENGER, 2, mirror=False)
+    versions.set_alias(client, "m", versions.PREVIOUS, "3", mirror=False)
+    assert versions.aliases(client, "m") == {
         "champion": "1",
         "challenger": "2",
         "previous-champion": "3",
     }
-    assert registry.alias_version(client, "m", "champion") == "1"
+    assert versions.alias_version(client, "m", "champion") == "1"
     # Without mirroring the deprecated stages stay untouched.
     assert _stage(client, "m", "1") == "None"
     # Move one, remove one; removing an unset alias is a no-op.
-    registry.set_alias(client, "m", registry.CHAMPION, "3", mirror=False)
-    registry.set_alias(client, "m", registry.CHALLENGER, None, mirror=False)
-    registry.set_alias(client, "m", registry.CHALLENGER, None, mirror=False)
-    assert registry.aliases(client, "m") == {"champion": "3", "previous-champion": "3"}
-    assert registry.alias_version(client, "m", "challenger") is None
-    assert registry.alias_version(client, "no-such-model", "champion") is None
+    versions.set_alias(client, "m", versions.CHAMPION, "3", mirror=False)
+    versions.set_alias(client, "m", versions.CHALLENGER, None, mirror=False)
+    versions.set_alias(client, "m", versions.CHALLENGER, None, mirror=False)
+    assert versions.aliases(client, "m") == {"champion": "3", "previous-champion": "3"}
+    assert versions.alias_version(client, "m", "challenger") is None
+    assert versions.alias_version(client, "no-such-model", "champion") is None
 
 
 def test_set_alias_mirror_moves_stages(client, tmp_path):
     _three_versions(client, tmp_path)
-    registry.set_alias(client, "m", registry.CHAMPION, "1", mirror=True)
-    registry.set_alias(client, "m", registry.CHALLENGER, "2", mirror=True)
-    registry.set_alias(client, "m", registry.PREVIOUS, "3", mirror=True)
+    versions.set_alias(client, "m", versions.CHAMPION, "1", mirror=True)
+    versions.set_alias(client, "m", versions.CHALLENGER, "2", mirror=True)
+    versions.set_alias(client, "m", versions.PREVIOUS, "3", mirror=True)
     assert _stage(client, "m", "1") == "Production"
     assert _stage(client, "m", "2") == "Staging"
     assert _stage(client, "m", "3") == "None"  # previous-champion has no stage
-    registry.archive_stage(client, "m", "1", mirror=False)
+    versions.archive_stage(client, "m", "1", mirror=False)
     assert _stage(client, "m", "1") == "Production"
-    registry.archive_stage(client, "m", "1", mirror=True)
+    versions.archive_stage(client, "m", "1", mirror=True)
     assert _stage(client, "m", "1") == "Archived"
-    assert registry.aliases(client, "m")["champion"] == "1"
+    assert versions.aliases(client, "m")["champion"] == "1"
 
 
 def test_get_version_and_tags(client, tmp_path):
     _three_versions(client, tmp_path)
-    assert str(registry.get_version(client, "m", 2).version) == "2"
+    assert str(versions.get_version(client, "m", 2).version) == "2"
     with pytest.raises(RegistryError, match="registered model 'm' has no version 7"):
-        registry.get_version(client, "m", "7")
-    registry.tag_version(client, "m", "1", {"a": "text", "b": {"x": 1}, "c": "y" * 6000})
+        versions.get_version(client, "m", "7")
+    versions.tag_version(client, "m", "1", {"a": "text", "b": {"x": 1}, "c": "y" * 6000})
     tags = client.get_model_version("m", "1").tags
     assert tags["a"] == "text"
     assert json.loads(tags["b"]) == {"x": 1}
-    assert len(tags["c"]) == registry.MAX_TAG
+    assert len(tags["c"]) == versions.MAX_TAG
 
 
 # --------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_get_version_and_tags(client, tmp_path):
 
 def _critical(uri: str, name: str, state: str, log: str, go, hold_s: float) -> None:
     go.wait(10)
-    with registry.lock(uri, name, Path(state), timeout_s=20):
+    with locks.registry_lock(uri, name, Path(state), timeout_s=20):
         start = time.time()
         time.sleep(hold_s)
         end = time.time()
@@ -259,7 +259,7 @@ def _critical(uri: str, name: str, state: str, log: str, go, hold_s: float) -> N
 
 
 def _hold(uri: str, name: str, state: str, held, release) -> None:
-    with registry.lock(uri, name, Path(state), timeout_s=20):
+    with locks.registry_lock(uri, name, Path(state), timeout_s=20):
         held.set()
         release.wait(20)
 
@@ -293,19 +293,19 @@ def _assert_held_lock_times_out(uri: str, name: str, tmp_path: Path) -> None:
         t0 = time.monotonic()
         with (
             pytest.raises(RegistryError, match=f"registered model '{name}'"),
-            registry.lock(uri, name, tmp_path, timeout_s=0.2),
+            locks.registry_lock(uri, name, tmp_path, timeout_s=0.2),
         ):
             pass
         assert time.monotonic() - t0 < 5
         # Another model is not blocked.
-        with registry.lock(uri, f"{name}-other", tmp_path, timeout_s=1):
+        with locks.registry_lock(uri, f"{name}-other", tmp_path, timeout_s=1):
             pass
     finally:
         release.set()
         holder.join(20)
     assert holder.exitcode == 0
     # Released: it can be taken again.
-    with registry.lock(uri, name, tmp_path, timeout_s=5):
+    with locks.registry_lock(uri, name, tmp_path, timeout_s=5):
         pass
 
 
@@ -328,7 +328,7 @@ def test_sqlite_lock_zero_timeout_fails_at_once(tmp_path):
         assert held.wait(10)
         with (
             pytest.raises(RegistryError, match="another registry change holds"),
-            registry.lock(uri, "m", tmp_path, timeout_s=0),
+            locks.registry_lock(uri, "m", tmp_path, timeout_s=0),
         ):
             pass
     finally:
@@ -338,9 +338,9 @@ def test_sqlite_lock_zero_timeout_fails_at_once(tmp_path):
 
 def test_remote_uri_lock_lives_in_state_dir_per_registry(tmp_path):
     state = tmp_path / "state"
-    with registry.lock("http://tracking.invalid:5000", "m", state, timeout_s=1):
+    with locks.registry_lock("http://tracking.invalid:5000", "m", state, timeout_s=1):
         first = list(state.glob("registry-*-m.lock"))
-    with registry.lock("http://other.invalid:5000", "m", state, timeout_s=1):
+    with locks.registry_lock("http://other.invalid:5000", "m", state, timeout_s=1):
         both = list(state.glob("registry-*-m.lock"))
     assert len(first) == 1 and len(both) == 2
 
@@ -358,7 +358,7 @@ def test_relative_sqlite_uri_locks_the_same_file_from_any_directory(tmp_path, mo
         # The same store named by its absolute path, from elsewhere, is the same lock.
         with (
             pytest.raises(RegistryError, match="another registry change holds"),
-            registry.lock(f"sqlite:///{tmp_path}/mlflow.db", "m", tmp_path, timeout_s=0),
+            locks.registry_lock(f"sqlite:///{tmp_path}/mlflow.db", "m", tmp_path, timeout_s=0),
         ):
             pass
     finally:
@@ -372,7 +372,7 @@ def pg_uri() -> str:
     errors = []
     for uri in PG_URIS:
         try:
-            conn = registry.pg_connect(uri + "?connect_timeout=3")
+            conn = postgres.pg_connect(uri + "?connect_timeout=3")
         except (psycopg2.OperationalError, RegistryError) as exc:
             errors.append(f"{uri}: {str(exc).strip().splitlines()[0]}")
             continue
@@ -382,7 +382,7 @@ def pg_uri() -> str:
 
 
 def test_pg_connect_passes_url_query_options(pg_uri):
-    conn = registry.pg_connect(pg_uri + "?application_name=mlplatform-test&connect_timeout=3")
+    conn = postgres.pg_connect(pg_uri + "?application_name=mlplatform-test&connect_timeout=3")
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW application_name")
@@ -396,21 +396,21 @@ def test_postgres_lock_survives_a_server_idle_session_timeout(pg_uri, tmp_path):
     the lock's session while the work runs."""
     key = f"m-{uuid.uuid4().hex}"
     strict = pg_uri + "?options=-c%20idle_session_timeout%3D300"
-    with registry.pg_advisory_lock(strict, key, 5, "busy"):
+    with locks.pg_advisory_lock(strict, key, 5, "busy"):
         time.sleep(1.0)
         with (
             pytest.raises(RegistryError, match="still held"),
-            registry.pg_advisory_lock(pg_uri, key, 0, "still held"),
+            locks.pg_advisory_lock(pg_uri, key, 0, "still held"),
         ):
             pass
 
 
 def test_lock_session_is_probed_by_the_server(pg_uri):
-    conn = registry.pg_connect(pg_uri + "?connect_timeout=3")
+    conn = postgres.pg_connect(pg_uri + "?connect_timeout=3")
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            registry._keep_lock_session(cur)
+            locks._keep_lock_session(cur)
             shown = {}
             for name in ("idle_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_count"):
                 cur.execute(f"SHOW {name}")
@@ -432,7 +432,7 @@ def test_postgres_lock_held_elsewhere_times_out(pg_uri, tmp_path):
 
 def _try_lock(uri: str, name: str, state: str, timeout_s: float, result) -> None:
     try:
-        with registry.lock(uri, name, Path(state), timeout_s=timeout_s):
+        with locks.registry_lock(uri, name, Path(state), timeout_s=timeout_s):
             result.put("acquired")
     except RegistryError:
         result.put("RegistryError")
@@ -463,16 +463,13 @@ def test_postgres_lock_zero_timeout_fails_fast(pg_uri, tmp_path):
 def _hold_study(uri: str, study: str, held, release) -> None:
     import os
 
-    from mlplatform import tune
-
     os.environ["MLPLATFORM_OPTUNA_STORAGE"] = uri
-    with tune.shared_study_lock(study):
+    with storage.shared_study_lock(study):
         held.set()
         release.wait(20)
 
 
 def test_shared_postgres_study_is_driven_by_one_tune(pg_uri, monkeypatch):
-    from mlplatform import tune
 
     study = f"s-{uuid.uuid4().hex}"
     monkeypatch.setenv("MLPLATFORM_OPTUNA_STORAGE", pg_uri)
@@ -483,19 +480,19 @@ def test_shared_postgres_study_is_driven_by_one_tune(pg_uri, monkeypatch):
         assert held.wait(10)
         with (
             pytest.raises(RegistryError, match=f"Optuna study '{study}': another tune"),
-            tune.shared_study_lock(study),
+            storage.shared_study_lock(study),
         ):
             pass
-        with tune.shared_study_lock(f"{study}-other"):  # other studies are not blocked
+        with storage.shared_study_lock(f"{study}-other"):  # other studies are not blocked
             pass
     finally:
         release.set()
         holder.join(20)
-    with tune.shared_study_lock(study):  # released with its holder
+    with storage.shared_study_lock(study):  # released with its holder
         pass
 
 
 def test_unreachable_postgres_is_a_one_line_registry_error():
     with pytest.raises(RegistryError, match=r"127\.0\.0\.1:1/x\?connect_timeout=2: cannot") as err:
-        registry.pg_connect("postgresql://u:secret@127.0.0.1:1/x?connect_timeout=2")
+        postgres.pg_connect("postgresql://u:secret@127.0.0.1:1/x?connect_timeout=2")
     assert "secret" not in str(err.value)

@@ -9,7 +9,7 @@ import pytest
 from mlflow_store import new_client
 
 from conftest import write_project
-from mlplatform import promote, registry
+from mlplatform import promote, versions
 from mlplatform.config import Paths, load_params
 from mlplatform.errors import RegistryError
 
@@ -27,15 +27,15 @@ def setup(tmp_path, monkeypatch):
     params = load_params(project / "params.yaml")
     name = params.registry.model_name
     (tmp_path / "model").mkdir()
-    registry.ensure_registered_model(client, name)
+    versions.ensure_registered_model(client, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(3):
             client.create_model_version(name, str(tmp_path / "model"))
     # v1 champion; v2 went to review when compared with v1.
-    registry.set_alias(client, name, registry.CHAMPION, "1", mirror=False)
-    registry.set_alias(client, name, registry.CHALLENGER, "2", mirror=False)
-    registry.tag_version(
+    versions.set_alias(client, name, versions.CHAMPION, "1", mirror=False)
+    versions.set_alias(client, name, versions.CHALLENGER, "2", mirror=False)
+    versions.tag_version(
         client,
         name,
         "2",
@@ -48,23 +48,23 @@ def test_review_approves_when_the_champion_is_unchanged(setup):
     params, paths, client, name = setup
     out = promote.review(params, paths, version="2", approve=True, reviewer="ann", reason="ok")
     assert out["decision"] == "approve"
-    assert registry.aliases(client, name) == {"champion": "2", "previous-champion": "1"}
+    assert versions.aliases(client, name) == {"champion": "2", "previous-champion": "1"}
 
 
 def test_stale_review_is_refused_after_the_champion_changed(setup):
     params, paths, client, name = setup
-    registry.set_alias(client, name, registry.CHAMPION, "3", mirror=False)
+    versions.set_alias(client, name, versions.CHAMPION, "3", mirror=False)
     with pytest.raises(RegistryError, match="compared with champion 1, but the champion is now 3"):
         promote.review(params, paths, version="2", approve=True, reviewer="ann", reason="ok")
     # Rejecting a stale challenger is still allowed.
     out = promote.review(params, paths, version="2", approve=False, reviewer="ann", reason="no")
     assert out["decision"] == "reject"
-    assert registry.CHALLENGER not in registry.aliases(client, name)
+    assert versions.CHALLENGER not in versions.aliases(client, name)
 
 
 def test_approving_another_version_clears_a_waiting_challenger(setup):
     _, _, client, name = setup
     after = promote._apply(
-        client, name, "3", "approve", registry.aliases(client, name), mirror=False
+        client, name, "3", "approve", versions.aliases(client, name), mirror=False
     )
     assert after == {"champion": "3", "previous-champion": "1"}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.schema import (
+from mlplatform.columns import (
     DATETIME_PARTS,
     MISSING,
     ColumnSpec,
@@ -189,7 +189,7 @@ def test_coerce_keeps_the_index_and_ignores_extra_columns():
 
 def test_small_batch_path_equals_vectorised_path():
     """Requests of a few rows take a per-value path; it must give the batch path's result."""
-    from mlplatform import schema as sch
+    from mlplatform import columns as sch
 
     frame = pd.DataFrame(
         {
@@ -218,7 +218,7 @@ def test_small_batch_path_equals_vectorised_path():
 
 def test_numeric_text_reads_the_same_per_request_and_in_batches():
     """A value's fate must not depend on the batch size or on other values in the column."""
-    from mlplatform import schema as sch
+    from mlplatform import columns as sch
 
     frame = pd.DataFrame({"num": ["1_000", "nan", "x", " 4 ", "inf", None]}, dtype=object)
     specs = [sch.ColumnSpec("num", "numeric", "double")]

@@ -11,10 +11,10 @@ from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 from mlflow_store import new_client
 
 from conftest import make_params
-from mlplatform import tracking
+from mlplatform import io, tracking, trial_runs
 from mlplatform.config import Paths, parse_params
 from mlplatform.io import file_md5
-from mlplatform.tracking import RunRecord, write_run
+from mlplatform.trial_runs import RunRecord, write_run
 
 START = 1_700_000_000_000
 END = START + 4_321
@@ -48,7 +48,7 @@ def test_write_run_writes_everything(store):
     assert run.info.end_time == END
     assert run.data.params["family"] == "xgboost"
     assert run.data.params["max_depth"] == "4"
-    assert run.data.params["note"] == "x" * tracking.MAX_PARAM_LEN  # cut to fit MLflow
+    assert run.data.params["note"] == "x" * trial_runs.MAX_PARAM_LEN  # cut to fit MLflow
     assert run.data.metrics == {
         "valid_roc_auc": 0.81,
         "duration_s": 4.321,
@@ -173,4 +173,4 @@ def test_params_hash_changes_with_params():
     b = parse_params(make_params({"seed": 2}))
     assert a.section_hash() != b.section_hash()
     assert a.section_hash("tune") == b.section_hash("tune")
-    assert tracking.params_digest({"x": 1, "y": 2}) == tracking.params_digest({"y": 2, "x": 1})
+    assert io.digest({"x": 1, "y": 2}) == io.digest({"y": 2, "x": 1})

@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from conftest import make_params
-from mlplatform import search_space, tune
+from mlplatform import pruning, search_space, storage, trial_runs, tune
 from mlplatform.config import parse_params
 from mlplatform.metrics import objective
 
@@ -58,7 +58,7 @@ def two_family_study() -> optuna.Study:
 
 def test_family_pruner_compares_within_family(two_family_study):
     inner = PercentilePruner(50.0, n_startup_trials=0)
-    pruner = tune.FamilyPruner(inner)
+    pruner = pruning.FamilyPruner(inner)
     rf = _family_trial("random_forest", 0.3, TrialState.RUNNING)
     xgb = _family_trial("xgboost", 0.6, TrialState.RUNNING)
     # All trials: median of (0.1, 0.15, 0.9, 0.95) is 0.525 -> rf pruned, xgb kept.
@@ -74,11 +74,11 @@ def test_family_pruner_counts_startup_trials_per_family(two_family_study):
     bad_rf = _family_trial("random_forest", 0.01, TrialState.RUNNING)
     assert bool(inner.prune(two_family_study, bad_rf)) is True  # 4 completed trials overall
     # Only 2 completed random forests: still in the start-up phase for this family.
-    assert bool(tune.FamilyPruner(inner).prune(two_family_study, bad_rf)) is False
+    assert bool(pruning.FamilyPruner(inner).prune(two_family_study, bad_rf)) is False
 
 
 def test_family_view_filters_trials(two_family_study):
-    view = tune._FamilyView(two_family_study, "random_forest")
+    view = pruning._FamilyView(two_family_study, "random_forest")
     trials = view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert [t.value for t in trials] == [0.1, 0.15]
     assert view.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -87,7 +87,8 @@ def test_family_view_filters_trials(two_family_study):
 
 def test_family_pruner_through_trial_api(two_family_study):
     study = optuna.create_study(
-        direction="maximize", pruner=tune.FamilyPruner(PercentilePruner(50.0, n_startup_trials=0))
+        direction="maximize",
+        pruner=pruning.FamilyPruner(PercentilePruner(50.0, n_startup_trials=0)),
     )
     study.add_trials(two_family_study.trials)
     study.enqueue_trial({"family": "random_forest"})
@@ -104,22 +105,22 @@ def test_family_pruner_through_trial_api(two_family_study):
 
 
 def test_make_pruner():
-    pruner = tune.make_pruner(
+    pruner = pruning.make_pruner(
         params_with({"tune.pruner": {"enabled": True, "n_startup_trials": 3, "percentile": 25.0}})
     )
-    assert isinstance(pruner, tune.FamilyPruner)
+    assert isinstance(pruner, pruning.FamilyPruner)
     assert isinstance(pruner.inner, PercentilePruner)
     assert pruner.inner._n_startup_trials == 3
     assert pruner.inner._percentile == 25.0
-    assert isinstance(tune.make_pruner(params_with({"tune.pruner.enabled": False})), NopPruner)
+    assert isinstance(pruning.make_pruner(params_with({"tune.pruner.enabled": False})), NopPruner)
 
 
 def test_new_study_direction_follows_metric():
-    study = tune.new_study(params_with({"tune.metric": "log_loss"}))
+    study = storage.new_study(params_with({"tune.metric": "log_loss"}))
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    assert isinstance(study.pruner, tune.FamilyPruner)
+    assert isinstance(study.pruner, pruning.FamilyPruner)
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
-    study = tune.new_study(params_with({"tune.metric": "roc_auc"}))
+    study = storage.new_study(params_with({"tune.metric": "roc_auc"}))
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
@@ -159,7 +160,7 @@ def frozen(
 
 
 def record(trial: FrozenTrial):
-    return tune.trial_record(
+    return trial_runs.trial_record(
         trial,
         experiment_id="5",
         parent_run_id="parent123",
@@ -174,7 +175,7 @@ def test_trial_record_complete():
         TrialState.COMPLETE,
         value=0.8,
         intermediate={25: 0.7, 50: 0.8},
-        user_attrs={tune.METRICS_ATTR: {"average_precision": 0.8, "roc_auc": 0.91}},
+        user_attrs={trial_runs.METRICS_ATTR: {"average_precision": 0.8, "roc_auc": 0.91}},
     )
     rec = record(trial)
     assert rec.status == "FINISHED"
@@ -212,7 +213,7 @@ def test_trial_record_pruned_uses_last_intermediate_value():
 
 
 def test_trial_record_failed_with_error():
-    rec = record(frozen(TrialState.FAIL, user_attrs={tune.ERROR_ATTR: "ValueError: boom"}))
+    rec = record(frozen(TrialState.FAIL, user_attrs={trial_runs.ERROR_ATTR: "ValueError: boom"}))
     assert rec.status == "FAILED"
     assert rec.tags["trial_state"] == "FAIL"
     assert rec.tags["error"] == "ValueError: boom"
@@ -221,7 +222,9 @@ def test_trial_record_failed_with_error():
 
 
 def test_trial_record_interrupted_is_killed():
-    rec = record(frozen(TrialState.FAIL, user_attrs={tune.INTERRUPTED_ATTR: True, "retry_of": 3}))
+    rec = record(
+        frozen(TrialState.FAIL, user_attrs={trial_runs.INTERRUPTED_ATTR: True, "retry_of": 3})
+    )
     assert rec.status == "KILLED"
     assert rec.tags["trial_state"] == "KILLED"
     assert rec.tags["optuna.retry_of"] == "3"
@@ -244,7 +247,7 @@ def _summary(study: optuna.Study):
 @pytest.fixture
 def journal(tmp_path):
     path = tmp_path / "state" / "optuna.journal"
-    backend = tune.SingleWriterJournal(path)
+    backend = storage.SingleWriterJournal(path)
     study = optuna.create_study(
         study_name="s",
         storage=JournalStorage(backend),
@@ -261,7 +264,7 @@ def journal(tmp_path):
 def test_journal_reopens(journal, reader):
     path, expected = journal
     backend = (
-        tune.SingleWriterJournal(path)
+        storage.SingleWriterJournal(path)
         if reader == "single_writer"
         else JournalFileBackend(str(path))
     )
@@ -285,7 +288,7 @@ def test_journal_drops_truncated_last_line(journal):
     good = path.read_bytes()
     with open(path, "ab") as fh:
         fh.write(b'{"op_code": 1, "broken')
-    backend = tune.SingleWriterJournal(path)
+    backend = storage.SingleWriterJournal(path)
     assert path.read_bytes() == good  # the partial line is gone from the file too
     study = optuna.load_study(
         study_name="s",
@@ -304,7 +307,7 @@ def test_journal_drops_truncated_last_line(journal):
 def test_journal_only_partial_line_becomes_empty(tmp_path):
     path = tmp_path / "j.journal"
     path.write_bytes(b'{"op_code": 0, "study_na')
-    backend = tune.SingleWriterJournal(path)
+    backend = storage.SingleWriterJournal(path)
     assert path.read_bytes() == b""
     assert list(backend.read_logs(0)) == []
     backend.close()
@@ -319,7 +322,7 @@ def test_journal_reads_optuna_file_backend_output(tmp_path):
     )
     study.optimize(_quadratic, n_trials=3)
     reopened = optuna.load_study(
-        study_name="s", storage=JournalStorage(tune.SingleWriterJournal(path))
+        study_name="s", storage=JournalStorage(storage.SingleWriterJournal(path))
     )
     assert _summary(reopened) == _summary(study)
 
@@ -334,13 +337,13 @@ def tracked(tmp_path):
     params = params_with()
     spaces = search_space.parse(params.tune)
     metric = objective(params.tune.metric)
-    backend = tune.SingleWriterJournal(tmp_path / "optuna.journal")
-    study = tune.new_study(params, JournalStorage(backend), "study-x")
+    backend = storage.SingleWriterJournal(tmp_path / "optuna.journal")
+    study = storage.new_study(params, JournalStorage(backend), "study-x")
     client = new_client(tmp_path)
     exp_id = client.create_experiment("exp")
     parent_id = client.create_run(exp_id, run_name="parent").info.run_id
     rec = functools.partial(
-        tune.trial_record,
+        trial_runs.trial_record,
         experiment_id=exp_id,
         parent_run_id=parent_id,
         name="study-x",
@@ -370,7 +373,7 @@ def _child_runs(t, view="ACTIVE_ONLY"):
 
 
 def _reconcile(t):
-    return tune.reconcile(t.study, t.client, t.exp_id, t.parent_id, t.record)
+    return trial_runs.reconcile(t.study, t.client, t.exp_id, t.parent_id, t.record)
 
 
 def _finished_trial(t, state: TrialState, family: str = "logistic_regression") -> int:
@@ -379,10 +382,10 @@ def _finished_trial(t, state: TrialState, family: str = "logistic_regression") -
     search_space.suggest(trial, t.spaces)
     trial.report(0.5, 1)
     if state == TrialState.COMPLETE:
-        trial.set_user_attr(tune.METRICS_ATTR, {"average_precision": 0.6, "roc_auc": 0.7})
+        trial.set_user_attr(trial_runs.METRICS_ATTR, {"average_precision": 0.6, "roc_auc": 0.7})
         t.study.tell(trial, 0.6)
     elif state == TrialState.FAIL:
-        trial.set_user_attr(tune.ERROR_ATTR, "ValueError: bad")
+        trial.set_user_attr(trial_runs.ERROR_ATTR, "ValueError: bad")
         t.study.tell(trial, state=TrialState.FAIL)
     else:
         t.study.tell(trial, state=state)
@@ -404,9 +407,9 @@ def test_reconcile_after_crash(tracked):
 
     trials = {tr.number: tr for tr in t.study.get_trials()}
     assert trials[stale].state == TrialState.FAIL
-    assert trials[stale].user_attrs[tune.INTERRUPTED_ATTR] is True
+    assert trials[stale].user_attrs[trial_runs.INTERRUPTED_ATTR] is True
     assert trials[failed].state == TrialState.FAIL
-    assert tune.INTERRUPTED_ATTR not in trials[failed].user_attrs
+    assert trial_runs.INTERRUPTED_ATTR not in trials[failed].user_attrs
     waiting = [tr for tr in trials.values() if tr.state == TrialState.WAITING]
     assert len(waiting) == 1
     assert waiting[0].user_attrs["retry_of"] == stale
@@ -445,7 +448,7 @@ def test_reconcile_state_is_in_the_journal(tracked):
     )
     states = [(tr.state, dict(tr.user_attrs)) for tr in reopened.get_trials()]
     assert states == [
-        (TrialState.FAIL, {tune.INTERRUPTED_ATTR: True}),
+        (TrialState.FAIL, {trial_runs.INTERRUPTED_ATTR: True}),
         (TrialState.WAITING, {"retry_of": running.number}),
     ]
 
@@ -519,12 +522,12 @@ def test_run_search_records_validation_metrics():
             "tune.n_jobs": 1,
         }
     )
-    study = tune.run_search(tune.new_study(params), params, _search_data(), n_trials=3)
+    study = tune.run_search(storage.new_study(params), params, _search_data(), n_trials=3)
     trials = study.get_trials()
     assert [tr.state for tr in trials] == [TrialState.COMPLETE] * 3
     for tr in trials:
         assert set(tr.params) == {"family", "logistic_regression.C"}
-        figures = tr.user_attrs[tune.METRICS_ATTR]
+        figures = tr.user_attrs[trial_runs.METRICS_ATTR]
         assert tr.value == figures["average_precision"]
         assert set(figures) == {
             "average_precision",
@@ -540,9 +543,9 @@ def test_run_search_records_validation_metrics():
 def test_run_search_records_errors_and_continues():
     params = params_with({"tune.families": {"logistic_regression": {"C": 1.0}}, "tune.n_jobs": 1})
     study = tune.run_search(
-        tune.new_study(params), params, _search_data(single_class=True), n_trials=2
+        storage.new_study(params), params, _search_data(single_class=True), n_trials=2
     )
     trials = study.get_trials()
     assert [tr.state for tr in trials] == [TrialState.FAIL] * 2
-    assert trials[0].user_attrs[tune.ERROR_ATTR].startswith("ValueError:")
-    assert tune.INTERRUPTED_ATTR not in trials[0].user_attrs
+    assert trials[0].user_attrs[trial_runs.ERROR_ATTR].startswith("ValueError:")
+    assert trial_runs.INTERRUPTED_ATTR not in trials[0].user_attrs

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlplatform import ingest, prepare
+from mlplatform import dataset, ingest, prepare
 from mlplatform.config import SPLITS, Paths, parse_params
 from mlplatform.errors import DataValidationError, MlplatformError
 
@@ -430,7 +430,7 @@ def test_valid_frame_passes():
 
 def test_schema_round_trips_through_a_dict():
     _, schema, _ = prepare.build(make_params(), make_frame(), origin=ORIGIN)
-    again = prepare.DatasetSchema.from_dict(schema.to_dict())
+    again = dataset.DatasetSchema.from_dict(schema.to_dict())
     assert again == schema
     encoded = schema.encode_target(pd.Series(["no", "yes", "yes"]))
     assert encoded.tolist() == [0, 1, 1]
@@ -622,8 +622,8 @@ def test_prepare_run_writes_the_outputs_when_valid(tmp_path):
     assert paths.schema.is_file()
     assert paths.data_summary.is_file()
     assert summary["rows"]["used"] == 60
-    assert prepare.load_schema(paths).classes == ["no", "yes"]
-    assert len(prepare.load_split(paths, "train")) == 36
+    assert dataset.load_schema(paths).classes == ["no", "yes"]
+    assert len(dataset.load_split(paths, "train")) == 36
 
 
 # --------------------------------------------------------------------------------------

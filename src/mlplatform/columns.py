@@ -62,10 +62,6 @@ class ColumnSpec:
         return [self.name]
 
 
-def _is_text(series: pd.Series) -> bool:
-    return series.dtype == object or isinstance(series.dtype, pd.StringDtype)
-
-
 def _tokens(series: pd.Series) -> set[str]:
     return {str(v).strip().lower() for v in series.dropna().unique()}
 
