@@ -52,8 +52,8 @@ logging.disable(logging.INFO)
 
 def _fit_pipeline(params, paths, n_estimators=300, max_depth=6, sample=None):
     """One pipeline: our preprocessing (one-hot + imputation) and a 300-tree XGBoost."""
-    from mlplatform import train
-    from mlplatform.dataset import load_schema, load_split
+    from mlplatform.data.dataset import load_schema, load_split
+    from mlplatform.modeling import train
 
     schema = load_schema(paths)
     tr, va = load_split(paths, "train"), load_split(paths, "validation")
@@ -66,7 +66,7 @@ def _fit_pipeline(params, paths, n_estimators=300, max_depth=6, sample=None):
 def _log_ours(schema, fitted, valid):
     import mlflow
 
-    from mlplatform import train
+    from mlplatform.modeling import train
 
     with mlflow.start_run(run_name="bench-ours"):
         info = train.log_model(
@@ -284,8 +284,9 @@ def _latencies(clients: dict, bodies: list[bytes], reps: int, seed: int) -> dict
 def live(args, workdir: Path) -> dict:
     import mlflow
 
-    from mlplatform import ingest, model_format, prepare
+    from mlplatform import model_format
     from mlplatform.config import Paths
+    from mlplatform.data import ingest, prepare
 
     params = bench_params(
         workdir,
@@ -303,7 +304,7 @@ def live(args, workdir: Path) -> dict:
     mlflow.set_tracking_uri(params.mlflow.tracking_uri)
     mlflow.set_experiment("bench-scoring")
     schema, fitted, valid = _fit_pipeline(params, paths)
-    from mlplatform.dataset import load_split
+    from mlplatform.data.dataset import load_split
 
     train_raw, test = load_split(paths, "train"), load_split(paths, "test")
     ours_uri = _log_ours(schema, fitted, valid)
@@ -447,8 +448,8 @@ def _child_score(params_file: str, uri: str, data: str, out: str) -> None:
     import skops.io  # noqa: F401
     import xgboost  # noqa: F401
 
-    from mlplatform import score
     from mlplatform.config import load_params
+    from mlplatform.serving import score
 
     params = load_params(params_file)
     t0 = time.perf_counter()
@@ -468,8 +469,8 @@ def _run_child(*args: str) -> dict:
 def batch(args, workdir: Path) -> dict:
     import mlflow
 
-    from mlplatform import datasets, ingest, prepare
     from mlplatform.config import Paths
+    from mlplatform.data import datasets, ingest, prepare
 
     # The model: 300 trees trained on part of the data (prediction cost does not depend
     # on how many rows it was trained on).

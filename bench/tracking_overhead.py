@@ -36,8 +36,8 @@ logging.disable(logging.INFO)
 
 
 def make_project(workdir: Path, overrides: dict) -> tuple:
-    from mlplatform import ingest, prepare
     from mlplatform.config import Paths
+    from mlplatform.data import ingest, prepare
 
     params = bench_params(workdir, overrides)
     paths = Paths(workdir)
@@ -47,8 +47,9 @@ def make_project(workdir: Path, overrides: dict) -> tuple:
 
 
 def run_untracked(params, paths) -> dict:
-    from mlplatform import search_space, tune
-    from mlplatform.storage import new_study
+    from mlplatform.search import space as search_space
+    from mlplatform.search import tune
+    from mlplatform.search.storage import new_study
 
     t0 = time.perf_counter()
     data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
@@ -65,8 +66,8 @@ def run_untracked(params, paths) -> dict:
 
 
 def run_ours(params, paths) -> dict:
-    from mlplatform import tune
-    from mlplatform.storage import make_storage
+    from mlplatform.search import tune
+    from mlplatform.search.storage import make_storage
 
     shutil.rmtree(paths.state, ignore_errors=True)  # a fresh study each repetition
     t0 = time.perf_counter()
@@ -84,8 +85,9 @@ def run_callback(params, paths, experiment_id: str, uri: str) -> dict:
     import optuna
     from optuna_integration import MLflowCallback
 
-    from mlplatform import pruning, search_space, tune
-    from mlplatform.metrics import objective
+    from mlplatform.evaluation.metrics import objective
+    from mlplatform.search import pruning, tune
+    from mlplatform.search import space as search_space
 
     db = paths.root / "optuna-callback.db"
     db.unlink(missing_ok=True)

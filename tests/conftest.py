@@ -1,123 +1,12 @@
-"""Shared helpers: small, fast params and projects in temporary folders.
-
-End-to-end tests run the real CLI (real MLflow sqlite store and registry, real Optuna
-storage, real DVC) in a temporary project folder, with params shrunk so a run takes seconds.
-"""
+"""Fixtures shared by the test suites (helpers live in tests/support/)."""
 
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-CLI = BIN / "mlplatform"
-
-# Search shrunk for tests: a handful of trials, small forests and boosters.
-FAST = {
-    "tune.n_trials": 8,
-    "tune.timeout_s": 600,
-    "tune.pruner.n_startup_trials": 2,
-    "tune.families.random_forest.n_estimators": {"low": 20, "high": 60, "step": 20},
-    "tune.families.xgboost.n_estimators": {"low": 25, "high": 100, "step": 25},
-    "explain.sample_size": 120,
-    "explain.background_size": 40,
-    "promotion.latency_repeats": 30,
-}
-
-
-def default_params() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    node = raw
-    *parents, key = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[key] = value
-
-
-def make_params(overrides: dict[str, Any] | None = None, fast: bool = True) -> dict[str, Any]:
-    raw = copy.deepcopy(default_params())
-    for dotted, value in {**(FAST if fast else {}), **(overrides or {})}.items():
-        set_dotted(raw, dotted, value)
-    return raw
-
-
-def write_project(folder: Path, overrides: dict[str, Any] | None = None, fast=True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(make_params(overrides, fast)))
-    return folder
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPLATFORM_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DVC_NO_ANALYTICS="1",
-        PYTHONWARNINGS="ignore",
-    )
-    env.update(extra or {})
-    return env
-
-
-def run_cli(project: Path, *args: str, check: bool = True, env=None, timeout=900):
-    proc = subprocess.run(
-        [str(CLI), *args],
-        cwd=project,
-        env=cli_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"mlplatform {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def run_stages(project: Path, *stages: str) -> None:
-    """Run stages in one CLI process (`mlplatform pipeline --stages ...`)."""
-    run_cli(project, "pipeline", "--stages", ",".join(stages))
-
-
-def tracking_uri(project: Path) -> str:
-    return f"sqlite:///{project / 'mlflow.db'}"
-
-
-def client_for(project: Path):
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(project)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-# Every section a model card must have (unit and end-to-end card tests).
-SECTIONS = (
-    "Model details",
-    "Intended use",
-    "Out of scope",
-    "Training data",
-    "Evaluation",
-    "Performance by subgroup",
-    "Fairness",
-    "Explanations (SHAP)",
-    "Known limitations",
-    "Lineage",
-    "Approvals",
-)
-
-TRAIN_STAGES = ("ingest", "prepare", "tune", "train", "evaluate")
+from support.project import TRAIN_STAGES, run_stages, write_project
 
 
 @pytest.fixture(scope="session")

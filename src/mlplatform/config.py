@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
-from mlplatform.families import FAMILY_NAMES
+from mlplatform.modeling.families import FAMILY_NAMES
 
 ColumnKind = Literal["numeric", "categorical", "boolean", "datetime"]
 # The model families of the one family table (see families.py).
@@ -76,6 +76,8 @@ class SplitConfig(Strict):
 
 
 class DataConfig(Strict):
+    """data: the source, the target and roles of columns, the split."""
+
     source: str = Field(description="Path to a CSV/Parquet file, or a built-in dataset name")
     rows: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="Row count for synthetic generators"
@@ -95,12 +97,18 @@ class DataConfig(Strict):
 
 
 class FeaturesConfig(Strict):
+    """features: how categorical columns are encoded."""
+
     max_categories: Annotated[int, Field(ge=2)] = 30
     min_frequency: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class DistributionSpec(Strict):
-    """One hyperparameter's search range: ``low``/``high`` (int or float) or ``choices``."""
+    """One hyperparameter's search range: ``low``/``high`` (int or float) or ``choices``.
+
+    Raises:
+        ValueError: (as a pydantic error) an incomplete or contradictory range.
+    """
 
     type: Literal["int", "float", "categorical"] | None = None
     low: float | int | None = None
@@ -147,6 +155,12 @@ class PrunerConfig(Strict):
 
 
 class TuneConfig(Strict):
+    """tune: the search (trials, budget, objective, pruning, each family's space).
+
+    Raises:
+        ValueError: (as a pydantic error) no family is listed.
+    """
+
     n_trials: Annotated[int, Field(gt=0)] = 40
     timeout_s: Annotated[float, Field(gt=0)] | None = 1800
     metric: str = "average_precision"
@@ -170,6 +184,8 @@ class TuneConfig(Strict):
 
 
 class ThresholdConfig(Strict):
+    """train.threshold: how the binary decision threshold is chosen on validation data."""
+
     rule: Literal["best_f1", "cost"] = "best_f1"
     cost_fn: Annotated[float, Field(gt=0)] = 5.0
     cost_fp: Annotated[float, Field(gt=0)] = 1.0
@@ -180,6 +196,8 @@ class TrainConfig(Strict):
 
 
 class ExplainConfig(Strict):
+    """explain: which SHAP explainer, how many rows, within what time."""
+
     method: Literal["auto", "tree", "linear", "permutation"] = "auto"
     sample_size: Annotated[int, Field(gt=0)] = 500
     background_size: Annotated[int, Field(gt=0)] = 100
@@ -239,6 +257,8 @@ def _known_metric(name: str) -> str:
 
 
 class PromotionConfig(Strict):
+    """promotion: the gate's mode and thresholds (see registry/gates.py)."""
+
     mode: Literal["enabled", "dry_run", "disabled"] = "enabled"
     primary_metric: str = "average_precision"
     secondary_metrics: list[str] = ["roc_auc", "recall"]
@@ -283,6 +303,8 @@ class TrackingConfig(Strict):
 
 
 class Params(Strict):
+    """The whole params.yaml, validated (see ``load_params``)."""
+
     seed: int
     data: DataConfig
     features: FeaturesConfig = FeaturesConfig()

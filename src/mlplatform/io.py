@@ -92,6 +92,7 @@ def read_json(path: Path | str) -> Any:
 
 
 def write_text(dest: Path | str, text: str) -> None:
+    """Write text atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform import families
-from mlplatform.columns import ColumnSpec, coerce, coerce_arrays
+from mlplatform.data.columns import ColumnSpec, coerce, coerce_arrays
 from mlplatform.errors import ModelError
+from mlplatform.modeling import families
 
 FORMAT_VERSION = 1
 DATA_DIR = "mlplatform_model"
@@ -62,6 +62,7 @@ SKLEARN_TRUSTED = [
 
 
 def probability_column(cls: Any) -> str:
+    """The name of the answer column holding the probability of class ``cls``."""
     return f"{PROBA_PREFIX}{cls}"
 
 
@@ -185,7 +186,11 @@ class CompiledPreprocessor:
 
 
 class TabularModel:
-    """Raw records in; predicted class and class probabilities out."""
+    """Raw records in; predicted class and class probabilities out.
+
+    Raises:
+        ModelFormatError: (at load) the folder is not a model this version can load.
+    """
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)

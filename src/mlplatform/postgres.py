@@ -35,4 +35,5 @@ def pg_connect(uri: str, **defaults: Any) -> Any:
 
 
 def is_postgres(uri: str | None) -> bool:
+    """Is this a PostgreSQL URL (any SQLAlchemy driver)?"""
     return bool(uri) and uri.startswith(("postgresql", "postgres"))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, cli_env, client_for, write_project
 from mlplatform.cli import STAGES as ALL_STAGES
+from support.project import BIN, ROOT, cli_env, client_for, write_project
 
 pytestmark = pytest.mark.e2e
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
 from mlplatform.config import Params, load_params, parse_params
 from mlplatform.errors import ConfigError
+from support.project import ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+DEFAULT_PARAMS = ROOT / "params.yaml"
 _DEFAULT_RAW = yaml.safe_load(DEFAULT_PARAMS.read_text())
 
 
@@ -290,7 +289,7 @@ def test_promotion_metric_names_are_what_evaluation_reports():
     import numpy as np
 
     from mlplatform.config import PROMOTION_METRICS
-    from mlplatform.metrics import evaluate
+    from mlplatform.evaluation.metrics import evaluate
 
     rng = np.random.default_rng(0)
     reported = set()

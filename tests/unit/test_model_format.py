@@ -14,8 +14,10 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from mlplatform import columns, features, model_format
+from mlplatform import model_format
 from mlplatform.config import FeaturesConfig
+from mlplatform.data import columns
+from mlplatform.modeling import features
 
 CFG = FeaturesConfig(max_categories=4, min_frequency=0.05)
 CLASSES = ["no", "yes"]
@@ -354,3 +356,27 @@ def test_load_rejects_unknown_format_version(saved, tmp_path):
     (copy / "model.json").write_text(json.dumps(meta))
     with pytest.raises(model_format.ModelFormatError, match="format_version 99"):
         model_format.load(copy)
+
+
+# --------------------------------------------------------------------------------------
+# Models registered by an earlier release keep loading.
+
+
+def test_model_logged_by_release_0_1_0_still_loads_and_predicts_the_same():
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from support.project import ROOT
+
+    folder = ROOT / "tests" / "fixtures" / "model_v0_1_0"
+    expected = json.loads((ROOT / "tests" / "fixtures" / "model_v0_1_0_expected.json").read_text())
+    assert "loader_module: mlplatform.model_format" in (folder / "MLmodel").read_text()
+    rows = pd.DataFrame(expected["inputs"])
+    for model in (model_format.load_pyfunc(folder), mlflow.pyfunc.load_model(str(folder))):
+        out = model.predict(rows)
+        assert out["prediction"].tolist() == [r["prediction"] for r in expected["expected"]]
+        for cls in ("no", "yes"):
+            col = f"probability_{cls}"
+            assert out[col].tolist() == pytest.approx([r[col] for r in expected["expected"]])

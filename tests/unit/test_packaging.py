@@ -8,9 +8,9 @@ import tomllib
 
 import yaml
 
-from conftest import ROOT
 from mlplatform import privacy
 from mlplatform.cli import STAGES
+from support.project import ROOT
 
 
 def _pyproject() -> dict:

@@ -1,0 +1,119 @@
+"""Pipeline commands: one per stage (what dvc.yaml and MLproject call), and the whole run."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlplatform.cli.app import DEFAULT_PARAMS, ParamsOpt, app, setup
+from mlplatform.config import Params, Paths
+from mlplatform.errors import MlplatformError
+from mlplatform.io import read_json
+
+# The pipeline, in order: each stage is a module whose run(params, paths) does the work,
+# and a command of the same name (``promote`` has its own, with options: cli/registry.py).
+STAGE_MODULES = {
+    "ingest": "mlplatform.data.ingest",
+    "prepare": "mlplatform.data.prepare",
+    "tune": "mlplatform.search.tune",
+    "train": "mlplatform.modeling.train",
+    "evaluate": "mlplatform.evaluation.evaluate",
+    "explain": "mlplatform.evaluation.explain",
+    "card": "mlplatform.evaluation.card",
+    "register": "mlplatform.registry.register",
+    "promote": "mlplatform.registry.promote",
+}
+STAGES = list(STAGE_MODULES)
+STAGE_HELP = {
+    "ingest": "Materialise the source data (file or built-in dataset) under data/raw.",
+    "prepare": "Validate, de-duplicate and split the raw data into train/validation/test.",
+    "tune": "Optuna search over the model families; every trial an MLflow run (resumable).",
+    "train": "Refit the best configuration and log it as one MLflow model.",
+    "evaluate": "Score the logged model on the test set; write reports/metrics.json and plots.",
+    "explain": "SHAP explanations of a stratified test sample, summed back to source columns.",
+    "card": "Render the model card (Markdown + self-contained HTML) and attach it to the run.",
+    "register": "Register the trained model as a new version (lineage, metrics, card).",
+}
+
+
+def _run_stage(name: str, params_path: Path) -> None:
+    importlib.import_module(STAGE_MODULES[name]).run(*setup(params_path))
+
+
+def _stage_command(name: str):
+    def command(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+        _run_stage(name, params)
+
+    command.__doc__ = STAGE_HELP[name]
+    return command
+
+
+for _name in STAGE_HELP:
+    app.command(name=_name)(_stage_command(_name))
+
+
+@app.command()
+def pipeline(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    stages: Annotated[
+        str | None,
+        typer.Option(help="comma-separated subset, run in pipeline order (default: all)"),
+    ] = None,
+) -> None:
+    """Run the stages in one process without DVC (what `mlflow run .` does; prefer `dvc repro`)."""
+    chosen = STAGES
+    if stages:
+        wanted = [s.strip() for s in stages.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STAGES]
+        if unknown:
+            raise MlplatformError(
+                f"--stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})"
+            )
+        chosen = [s for s in STAGES if s in wanted]
+    loaded = setup(params)
+    for name in chosen:
+        typer.secho(f"== {name}", bold=True, err=True)
+        importlib.import_module(STAGE_MODULES[name]).run(*loaded)
+
+
+@app.command("next-steps")
+def next_steps(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Print what to open after `make run`."""
+    typer.echo(next_steps_text(*setup(params)))
+
+
+def next_steps_text(params: Params, paths: Paths) -> str:
+    """What to open after `make run`."""
+    lines = ["", "Pipeline finished. Next:"]
+    if paths.data_summary.exists():
+        rows = read_json(paths.data_summary)["rows"]
+        lines.append(
+            f"  data        {paths.prepared}/ ({rows['train']} train, {rows['validation']} "
+            f"validation, {rows['test']} test rows); summary in {paths.data_summary}"
+        )
+    if paths.metrics.exists():
+        lines.append(f"  metrics     dvc metrics show    (test metrics in {paths.metrics})")
+        lines.append(f"  plots       {paths.plots}/*.png")
+    if paths.card_html.exists():
+        lines.append(f"  model card  {paths.card_html}")
+    if paths.promotion.exists():
+        decision = read_json(paths.promotion)
+        lines.append(
+            f"  promotion   {decision.get('decision')} for version "
+            f"{decision.get('candidate_version')}"
+            f" ({paths.promotion}); history: mlplatform history"
+        )
+    lines += [
+        "  experiments source .venv/bin/activate && mlflow ui   (http://127.0.0.1:5000)",
+        "  reproduce   source .venv/bin/activate && dvc repro",
+    ]
+    if paths.promotion.exists():
+        name = params.registry.model_name
+        lines.append(
+            f"  serve       mlflow models serve -m 'models:/{name}@champion' "
+            "--env-manager local --port 5001"
+        )
+    return "\n".join(lines)

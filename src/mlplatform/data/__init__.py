@@ -1,0 +1,1 @@
+"""Data: built-in datasets, ingest, validation, column kinds, the prepared splits."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, plots, SHAP explanations, fairness, the model card."""

@@ -1,0 +1,1 @@
+"""Modeling: the model families, preprocessing, and the training stage."""

@@ -1,0 +1,1 @@
+"""Registry: promotion gates, versions and aliases, the audit trail, promotion."""

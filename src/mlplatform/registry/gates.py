@@ -1,0 +1,248 @@
+"""Promotion rules: pure functions of (candidate figures, champion figures, thresholds).
+
+Nothing here touches MLflow; ``promote.py`` measures the figures and applies the decision.
+
+Decision order:
+
+1. reject if the candidate failed to load or score, lacks a model card or explanations (when
+   required), misses an absolute floor, fails a fairness limit, or (with a champion) its
+   primary metric drops by more than ``reject_drop`` (relative);
+2. with no champion (first model): approve (only the absolute checks apply);
+3. manual review if the gain is suspiciously large, latency rises by ``max_latency_increase``
+   or more, predictions shift by ``max_prediction_shift`` or more, or the champion cannot be
+   scored on the current data;
+4. approve if the primary metric improves by ``approve_gain`` or more, or stays within
+   ``tie_band`` while a secondary metric improves; otherwise manual review.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from mlplatform.config import PromotionConfig
+from mlplatform.evaluation.measure import Figures
+
+LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+# Thresholds compare with a little slack, so a drop of exactly 2.0% is not read as 2.0000001%.
+_EPS = 1e-9
+Outcome = Literal["pass", "fail", "review", "approve", "info"]
+Decision = Literal["approve", "reject", "review"]
+
+
+@dataclass
+class Rule:
+    name: str
+    outcome: Outcome
+    detail: str
+    value: float | None = None
+    limit: float | None = None
+
+
+@dataclass
+class Verdict:
+    decision: Decision
+    reason: str
+    rules: list[Rule]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "rules": [asdict(r) for r in self.rules],
+        }
+
+
+def relative_change(metric: str, candidate: float, champion: float) -> float:
+    """Signed relative improvement (positive = better), whatever the metric's direction."""
+    if champion == 0:
+        if candidate == 0:
+            return 0.0
+        better = candidate < 0 if metric in LOWER_IS_BETTER else candidate > 0
+        return float("inf") if better else float("-inf")
+    change = (candidate - champion) / abs(champion)
+    return -change if metric in LOWER_IS_BETTER else change
+
+
+def prediction_shift(candidate: dict[str, float], champion: dict[str, float]) -> float:
+    """Total variation distance between predicted-class distributions.
+
+    For binary models this equals the change of the predicted-positive rate.
+    """
+    classes = set(candidate) | set(champion)
+    return 0.5 * sum(abs(candidate.get(c, 0.0) - champion.get(c, 0.0)) for c in classes)
+
+
+def check_candidate(c: Figures, cfg: PromotionConfig) -> list[Rule]:
+    """Absolute checks: they apply with or without a champion."""
+    rules = [
+        Rule(
+            "loads_and_scores",
+            "pass" if c.loaded else "fail",
+            "candidate loads and scores the test split"
+            if c.loaded
+            else f"candidate failed to load or score: {c.error}",
+        ),
+    ]
+    if cfg.require_card:
+        rules.append(
+            Rule(
+                "model_card",
+                "pass" if c.has_card else "fail",
+                "model card attached" if c.has_card else "model card missing",
+            )
+        )
+    if cfg.require_explanations:
+        rules.append(
+            Rule(
+                "explanations",
+                "pass" if c.has_explanations else "fail",
+                "SHAP explanations attached" if c.has_explanations else "explanations missing",
+            )
+        )
+    if not c.loaded:
+        return rules
+    for metric, floor in sorted(cfg.floors.items()):
+        value = c.metrics.get(metric)
+        if value is None:
+            rules.append(Rule(f"floor:{metric}", "fail", f"{metric} not measured", None, floor))
+            continue
+        ok = value <= floor if metric in LOWER_IS_BETTER else value >= floor
+        word = "at most" if metric in LOWER_IS_BETTER else "at least"
+        rules.append(
+            Rule(
+                f"floor:{metric}",
+                "pass" if ok else "fail",
+                f"{metric} {value:.4f} must be {word} {floor}",
+                value,
+                floor,
+            )
+        )
+    for feature, status in sorted(c.fairness.items()):
+        outcome: Outcome = "fail" if status == "fail" else ("pass" if status == "pass" else "info")
+        rules.append(Rule(f"fairness:{feature}", outcome, f"fairness for {feature}: {status}"))
+    return rules
+
+
+def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
+    """Rules relative to the champion (both measured on the same data, now)."""
+    primary = cfg.primary_metric
+    if not champ.loaded or primary not in champ.metrics:
+        return [
+            Rule(
+                "champion_scored",
+                "review",
+                f"champion v{champ.version} could not be scored on the current data "
+                f"({champ.error}); a person must compare",
+            )
+        ]
+    if primary not in c.metrics:
+        return [Rule("primary_drop", "fail", f"candidate has no {primary} to compare")]
+    rules: list[Rule] = []
+    rel = relative_change(primary, c.metrics[primary], champ.metrics[primary])
+    detail = (
+        f"{primary} {c.metrics[primary]:.4f} vs champion {champ.metrics[primary]:.4f} ({rel:+.2%})"
+    )
+    if rel < -cfg.reject_drop - _EPS:
+        rules.append(
+            Rule(
+                "primary_drop",
+                "fail",
+                detail + f": drop beyond {cfg.reject_drop:.1%}",
+                rel,
+                -cfg.reject_drop,
+            )
+        )
+        return rules
+    rules.append(Rule("primary_drop", "pass", detail, rel, -cfg.reject_drop))
+    if rel > cfg.suspicious_gain + _EPS:
+        rules.append(
+            Rule(
+                "suspicious_gain",
+                "review",
+                f"gain {rel:+.2%} above {cfg.suspicious_gain:.0%}: too good to be "
+                "true until a person looks",
+                rel,
+                cfg.suspicious_gain,
+            )
+        )
+    if c.latency_ms is not None and champ.latency_ms:
+        lat = c.latency_ms / champ.latency_ms - 1
+        outcome: Outcome = "review" if lat >= cfg.max_latency_increase - _EPS else "pass"
+        rules.append(
+            Rule(
+                "latency",
+                outcome,
+                f"median single-row latency {c.latency_ms:.2f} ms vs "
+                f"{champ.latency_ms:.2f} ms ({lat:+.1%})",
+                lat,
+                cfg.max_latency_increase,
+            )
+        )
+    shift = prediction_shift(c.prediction_distribution, champ.prediction_distribution)
+    rules.append(
+        Rule(
+            "prediction_shift",
+            "review" if shift >= cfg.max_prediction_shift else "pass",
+            f"predicted-class distribution moved by {shift:.3f} (total variation)",
+            shift,
+            cfg.max_prediction_shift,
+        )
+    )
+    improved = [
+        m
+        for m in cfg.secondary_metrics
+        if m in c.metrics
+        and m in champ.metrics
+        and relative_change(m, c.metrics[m], champ.metrics[m]) > 0
+    ]
+    if rel >= cfg.approve_gain - _EPS:
+        rules.append(
+            Rule(
+                "improvement",
+                "approve",
+                f"{primary} improves by {rel:+.2%} (>= {cfg.approve_gain:.1%})",
+                rel,
+                cfg.approve_gain,
+            )
+        )
+    elif abs(rel) <= cfg.tie_band + _EPS and improved:
+        rules.append(
+            Rule(
+                "improvement",
+                "approve",
+                f"{primary} within {cfg.tie_band:.1%} ({rel:+.2%}) and "
+                f"{', '.join(improved)} improve",
+                rel,
+                cfg.tie_band,
+            )
+        )
+    else:
+        rules.append(
+            Rule(
+                "improvement",
+                "review",
+                f"{primary} change {rel:+.2%} is between the reject and approve thresholds",
+                rel,
+                cfg.approve_gain,
+            )
+        )
+    return rules
+
+
+def decide(candidate: Figures, champion: Figures | None, cfg: PromotionConfig) -> Verdict:
+    """The promotion decision and the outcome of every rule."""
+    rules = check_candidate(candidate, cfg)
+    failed = [r for r in rules if r.outcome == "fail"]
+    if failed:
+        return Verdict("reject", "; ".join(r.detail for r in failed), rules)
+    if champion is None:
+        return Verdict("approve", "first model: absolute checks pass", rules)
+    rules += compare(candidate, champion, cfg)
+    failed = [r for r in rules if r.outcome == "fail"]
+    if failed:
+        return Verdict("reject", "; ".join(r.detail for r in failed), rules)
+    review = [r for r in rules if r.outcome == "review"]
+    if review:
+        return Verdict("review", "; ".join(r.detail for r in review), rules)
+    return Verdict("approve", next(r.detail for r in rules if r.name == "improvement"), rules)

@@ -1,0 +1,1 @@
+"""Search: the Optuna hyperparameter search, every trial an MLflow run."""

@@ -1,0 +1,1 @@
+"""Serving: batch scoring (live scoring is MLflow's server with our model)."""
