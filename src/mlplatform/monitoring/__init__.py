@@ -1,9 +1,8 @@
-"""Monitoring: compare scored windows with the training reference, estimate performance,
-and say whether to retrain.
+"""Monitoring: the prediction log, drift against the training reference, the retraining signal.
 
 Pure cores (no MLflow): ``reference`` freezes what training looked like, ``drift`` compares a
-window with it, ``performance`` measures or estimates the window's metrics, ``report``
-renders the results as self-contained HTML.
+window with it (and says whether to retrain), ``performance`` measures or estimates the
+window's metrics, ``report`` renders the results as self-contained HTML.
 
 The names below are imported on first use: the prediction log lives in this package too and
 runs inside the scoring server, which must not pay for scipy and sklearn at start-up.
