@@ -271,6 +271,10 @@ class PromotionConfig(Strict):
     floors: dict[str, float] = {}
     require_card: bool = True
     require_explanations: bool = True
+    require_clean_lineage: bool = Field(
+        default=False,
+        description="Reject versions trained from a dirty tree or on data not in dvc.lock",
+    )
     latency_repeats: Annotated[int, Field(ge=5)] = 200
 
     @field_validator("primary_metric")

@@ -13,7 +13,14 @@ import pytest
 import yaml
 
 from mlplatform.cli import STAGES as ALL_STAGES
-from support.project import BIN, ROOT, cli_env, client_for, write_project
+from support.project import (
+    BIN,
+    ROOT,
+    assert_store_matches_reports,
+    cli_env,
+    client_for,
+    write_project,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +52,12 @@ def repo(tmp_path_factory) -> Path:
     )
     shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")
     shutil.copy(ROOT / ".gitignore", project / ".gitignore")
+    # The code is a dependency of each stage (dvc.yaml lists the files each one runs).
+    shutil.copytree(
+        ROOT / "src" / "mlplatform",
+        project / "src" / "mlplatform",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (project / "data/sources").mkdir(parents=True)
     (project / "data/sources/.gitkeep").touch()
     sh(project, "git", "init", "-q")
@@ -69,7 +82,7 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 def test_full_repro_then_second_repro_is_a_noop(repo):
     first = dvc(repo, "repro")
-    assert ran(first.stdout) == ALL_STAGES
+    assert ran(first.stdout) == ALL_STAGES  # `store` first
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(ALL_STAGES)
     prepared = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
@@ -82,8 +95,8 @@ def test_full_repro_then_second_repro_is_a_noop(repo):
     t0 = time.perf_counter()
     second = dvc(repo, "repro")
     elapsed = time.perf_counter() - t0
-    assert ran(second.stdout) == []
-    assert "up to date" in second.stdout
+    # Only the store check runs (always): the store holds every stage's records.
+    assert ran(second.stdout) == ["store"]
     assert elapsed < 30, f"second dvc repro took {elapsed:.1f} s"
 
     # The run records the git commit and the dvc.lock hash of the data it used.
@@ -100,10 +113,10 @@ def test_one_knob_reruns_only_its_stages(repo):
     raw["explain"]["sample_size"] = 90
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     status = json.loads(dvc(repo, "status", "--json").stdout)
-    assert set(status) == {"explain"}
+    assert set(status) == {"store", "explain"}  # store: always
     out = dvc(repo, "repro")
     stages = ran(out.stdout)
-    assert stages[0] == "explain"
+    assert stages[:2] == ["store", "explain"]
     assert not {"ingest", "prepare", "tune", "train", "evaluate"} & set(stages)
     assert json.loads((repo / "reports/explain/summary.json").read_text())["rows_explained"] == 90
 
@@ -115,3 +128,103 @@ def test_metrics_and_plots_commands_work_offline(repo):
     plots = dvc(repo, "plots", "show", "-o", str(repo / "plots_html"))
     html = (repo / "plots_html" / "index.html").read_text()
     assert "<img" in html or "roc.png" in html, plots.stdout
+
+
+def test_dataset_inputs_on_the_runs_say_which_data_they_read(repo):
+    from mlplatform.io import file_md5
+
+    client = client_for(repo)
+    train = json.loads((repo / "reports/train.json").read_text())
+    tune = json.loads((repo / "reports/tune.json").read_text())
+    md5 = {
+        s: file_md5(repo / f"data/prepared/{s}.parquet") for s in ("train", "validation", "test")
+    }
+
+    def inputs(run_id):
+        return {
+            (i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in client.get_run(run_id).inputs.dataset_inputs
+        }
+
+    assert inputs(train["run_id"]) == {
+        (md5["train"], "training"),
+        (md5["validation"], "validation"),
+        (md5["test"], "test"),
+    }
+    assert inputs(tune["parent_run_id"]) == {
+        (md5["train"], "training"),
+        (md5["validation"], "validation"),
+    }
+    child = client.search_runs(
+        [tune["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{tune['parent_run_id']}'",
+        max_results=1,
+    )[0]
+    assert inputs(child.info.run_id) == inputs(tune["parent_run_id"])
+
+
+def test_a_code_change_reruns_that_stage_and_not_the_ones_before(repo):
+    code = repo / "src/mlplatform/evaluation/evaluate.py"
+    original = code.read_text()
+    code.write_text(original + "\n# a change to the evaluate stage's code\n")
+    try:
+        status = json.loads(dvc(repo, "status", "--json").stdout)
+        assert "evaluate" in status
+        assert not {"ingest", "prepare", "tune", "train", "explain"} & set(status)
+        # A module every stage imports re-runs everything after ingest's own files.
+        assert "src/mlplatform/evaluation/evaluate.py" in str(status["evaluate"])
+    finally:
+        code.write_text(original)
+    assert set(json.loads(dvc(repo, "status", "--json").stdout)) <= {"store"}
+
+
+def test_lineage_of_the_first_and_a_later_version_and_its_refusal_rule(repo):
+    first = json.loads(run_mlp(repo, "lineage", "@champion", "--json").stdout)
+    commit = sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    assert first["git"] == {"commit": commit, "dirty": False}
+    assert first["data"]["matches_dvc_lock"] == {"data/prepared": True}
+    assert (
+        first["search"]["parent_run_id"]
+        == json.loads((repo / "reports/tune.json").read_text())["parent_run_id"]
+    )
+    assert first["gates"] and first["gates"][-1]["decision"] == "approve"
+    assert first["problems"] == []
+
+    # A later version trained from an uncommitted change of params (a dirty tree).
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["seed"] = raw["seed"] + 1
+    raw["promotion"]["require_clean_lineage"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    dvc(repo, "repro")
+    registered = json.loads((repo / "reports/registration.json").read_text())["version"]
+    later = json.loads(run_mlp(repo, "lineage", registered, "--json").stdout)
+    assert later["git"]["dirty"] is True
+    assert any("dirty tree" in p for p in later["problems"])
+    assert later["params"]["differs_from_current"] == []  # trained with today's params
+    decision = json.loads((repo / "reports/promotion.json").read_text())
+    assert decision["decision"] == "reject"
+    assert any(r["name"] == "lineage" and r["outcome"] == "fail" for r in decision["rules"])
+    shown = run_mlp(repo, "lineage", registered)
+    assert "dirty tree" in shown.stdout
+    # The first version's lineage now shows today's params differ from its own.
+    again = json.loads(run_mlp(repo, "lineage", first["version"], "--json").stdout)
+    assert {"key": "seed", "then": raw["seed"] - 1, "now": raw["seed"]} in again["params"][
+        "differs_from_current"
+    ]
+
+
+def test_removing_the_store_and_running_dvc_repro_rebuilds_it(repo):
+    for name in ("mlflow.db", "mlruns"):
+        path = repo / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out = dvc(repo, "repro")
+    stages = ran(out.stdout)
+    assert stages[0] == "store"
+    assert {"tune", "train", "evaluate", "explain", "card", "register", "promote"} <= set(stages)
+    assert not {"ingest", "prepare"} & set(stages)  # no MLflow records of their own
+    assert_store_matches_reports(repo, fresh_process=True)
+    assert ran(dvc(repo, "repro").stdout) == ["store"]
+
+
+def run_mlp(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return sh(project, str(BIN / "mlplatform"), *args)

@@ -1,7 +1,8 @@
 """The package's layout: its import graph, and the README's layout section made from the tree.
 
 ``python tests/support/layout.py`` rewrites the README section between the layout markers
-from the real tree (tests/unit/test_layout.py checks they agree).
+from the real tree, and each dvc.yaml stage's code dependencies (the files its module
+imports, transitively) from the import graph; tests/unit/test_layout.py checks both agree.
 """
 
 from __future__ import annotations
@@ -101,6 +102,79 @@ def render() -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+# --------------------------------------------------------------------------------------
+# Code as a DVC dependency: each stage depends on the files its module imports.
+
+DVC_YAML = ROOT / "dvc.yaml"
+CODE_PREFIX = "src/mlplatform/"
+
+
+def stage_modules() -> dict[str, str]:
+    """DVC stage -> the module whose run() it calls (from the CLI's own table)."""
+    from mlplatform.cli.pipeline import STAGE_MODULES
+
+    return dict(STAGE_MODULES)
+
+
+def closure(module: str, graph: dict[str, set[str]] | None = None) -> set[str]:
+    """A module and everything it imports, transitively (the package's own modules)."""
+    graph = graph if graph is not None else import_graph()
+    seen: set[str] = set()
+    stack = [module, "mlplatform"]
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(graph.get(name, ()))
+    return seen
+
+
+def stage_code_deps(module: str, graph: dict[str, set[str]] | None = None) -> list[str]:
+    """The source files (and template folders) a stage's module runs, as DVC deps."""
+    known = modules()
+    files = set()
+    for name in closure(module, graph):
+        path = known[name]
+        files.add(str(path.relative_to(ROOT)))
+        templates = path.parent / "templates"
+        if templates.is_dir() and "templates" in path.read_text():
+            files.add(str(templates.relative_to(ROOT)))
+    return sorted(files)
+
+
+def dvc_code_deps(text: str) -> dict[str, list[str]]:
+    """Stage -> the code deps dvc.yaml lists for it."""
+    import yaml
+
+    stages = yaml.safe_load(text)["stages"]
+    return {
+        name: sorted(d for d in stage.get("deps", []) if str(d).startswith(CODE_PREFIX))
+        for name, stage in stages.items()
+    }
+
+
+def render_dvc_yaml(text: str) -> str:
+    """dvc.yaml with each stage's code deps replaced by the computed ones (comments kept)."""
+    graph = import_graph()
+    wanted = {s: stage_code_deps(m, graph) for s, m in stage_modules().items()}
+    out, stage, in_deps = [], None, False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage, in_deps = stripped[:-1], False
+        elif stage and line.startswith("    ") and not line.startswith("     "):
+            in_deps = stripped == "deps:"
+        if not (in_deps and stripped.startswith(f"- {CODE_PREFIX}")):
+            out.append(line)
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        ends_deps = in_deps and not following.startswith("      ")
+        if ends_deps and stage in wanted:
+            out += [f"      - {dep}" for dep in wanted[stage]]
+            in_deps = False
+    return "\n".join(out) + "\n"
+
+
 def readme_section(text: str) -> str:
     start, end = text.index(START) + len(START), text.index(END)
     return text[start:end].strip()
@@ -114,4 +188,5 @@ def write_readme() -> None:
 
 if __name__ == "__main__":
     write_readme()
+    DVC_YAML.write_text(render_dvc_yaml(DVC_YAML.read_text()))
     sys.stdout.write(render() + "\n")

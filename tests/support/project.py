@@ -117,3 +117,50 @@ SECTIONS = (
 )
 
 TRAIN_STAGES = ("ingest", "prepare", "tune", "train", "evaluate")
+
+
+def assert_store_matches_reports(project: Path, fresh_process: bool = False) -> None:
+    """The store holds the whole story the reports tell: the search's parent with one child
+    per trial, the training run, the registered version with its alias, the audit record.
+
+    Args:
+        fresh_process: check from a new Python process. MLflow keeps one engine per store
+            URI per process, so after the store file was deleted this process would still
+            read the old, unlinked database.
+    """
+    if fresh_process:
+        code = (
+            "import sys; from pathlib import Path; from support.project import "
+            "assert_store_matches_reports as check; check(Path(sys.argv[1]))"
+        )
+        env = cli_env({"PYTHONPATH": str(ROOT / "tests")})
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(project)], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return
+    import json
+    import re
+
+    from mlplatform.registry import audit
+
+    client = client_for(project)
+    tune = json.loads((project / "reports/tune.json").read_text())
+    parent = client.get_run(tune["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [tune["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{tune['parent_run_id']}'",
+        max_results=10_000,
+    )
+    assert len(children) == sum(tune["trials"].values())
+    train = json.loads((project / "reports/train.json").read_text())
+    assert client.get_run(train["run_id"]).info.lifecycle_stage == "active"
+    reg = json.loads((project / "reports/registration.json").read_text())
+    assert client.get_model_version(reg["model_name"], reg["version"]).run_id == train["run_id"]
+    promo = json.loads((project / "reports/promotion.json").read_text())
+    if promo.get("seq") is not None:
+        assert promo["seq"] in [r["seq"] for r in audit.history(client, reg["model_name"])]
+    for report in (project / "reports").glob("*.json"):
+        for run_id in re.findall(r'"(?:\w*run_id)": "([0-9a-f]{32})"', report.read_text()):
+            client.get_run(run_id)  # raises if it is not in this store

@@ -12,10 +12,13 @@ from mlplatform.cli.app import DEFAULT_PARAMS, ParamsOpt, app, setup
 from mlplatform.config import Params, Paths
 from mlplatform.errors import MlplatformError
 from mlplatform.io import read_json
+from mlplatform.tracking import ui_url
 
 # The pipeline, in order: each stage is a module whose run(params, paths) does the work,
+# ``store`` first (it tells DVC which stages' MLflow records are missing),
 # and a command of the same name (``promote`` has its own, with options: cli/registry.py).
 STAGE_MODULES = {
+    "store": "mlplatform.tracking.store",
     "ingest": "mlplatform.data.ingest",
     "prepare": "mlplatform.data.prepare",
     "tune": "mlplatform.search.tune",
@@ -28,6 +31,7 @@ STAGE_MODULES = {
 }
 STAGES = list(STAGE_MODULES)
 STAGE_HELP = {
+    "store": "Check the MLflow store holds what reports/ point at; write each stage's store id.",
     "ingest": "Materialise the source data (file or built-in dataset) under data/raw.",
     "prepare": "Validate, de-duplicate and split the raw data into train/validation/test.",
     "tune": "Optuna search over the model families; every trial an MLflow run (resumable).",
@@ -85,6 +89,13 @@ def next_steps(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     typer.echo(next_steps_text(*setup(params)))
 
 
+def _experiment_id(paths: Paths) -> str:
+    for report in (paths.train_report, paths.tune_report):
+        if report.exists():
+            return str(read_json(report).get("experiment_id", "0"))
+    return "0"
+
+
 def next_steps_text(params: Params, paths: Paths) -> str:
     """What to open after `make run`."""
     lines = ["", "Pipeline finished. Next:"]
@@ -107,7 +118,8 @@ def next_steps_text(params: Params, paths: Paths) -> str:
             f" ({paths.promotion}); history: mlplatform history"
         )
     lines += [
-        "  experiments source .venv/bin/activate && mlflow ui   (http://127.0.0.1:5000)",
+        "  experiments source .venv/bin/activate && mlflow ui",
+        f"              then open {ui_url(_experiment_id(paths))}",
         "  reproduce   source .venv/bin/activate && dvc repro",
     ]
     if paths.promotion.exists():

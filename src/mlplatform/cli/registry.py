@@ -1,4 +1,4 @@
-"""Registry commands: promote, review, roll back, history."""
+"""Registry commands: promote, review, roll back, history, lineage."""
 
 from __future__ import annotations
 
@@ -106,3 +106,28 @@ def history(
             f"{r.get('version')!s:7}  {r.get('decision')!s:8}  {change:9}  "
             f"{str(r.get('actor'))[:12]:12}  {(r.get('reason') or '')[:80]}"
         )
+
+
+@app.command()
+def lineage(
+    version: Annotated[
+        str, typer.Argument(help="a version (3), an alias (@champion) or models:/name@alias")
+    ],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for machines")] = False,
+) -> None:
+    """Where a registered version came from: code, data, params, search, gates, sign-offs."""
+    import json
+
+    from mlplatform import tracking
+    from mlplatform.registry import lineage as lin
+
+    loaded, _ = setup(params)
+    client, _ = tracking.setup(loaded)
+    name = loaded.registry.model_name
+    info = lin.gather(client, loaded, name, lin.resolve_version(client, name, version))
+    if as_json:
+        typer.echo(json.dumps({**info, "problems": lin.problems(info)}, indent=2, default=str))
+        return
+    for line, warn in lin.render(info):
+        typer.secho(line, fg=typer.colors.RED if warn else None)

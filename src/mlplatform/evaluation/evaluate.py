@@ -23,6 +23,7 @@ from mlplatform.evaluation import plots
 from mlplatform.evaluation.metrics import evaluate as evaluate_metrics
 from mlplatform.evaluation.metrics import scalar_metrics
 from mlplatform.io import read_json, write_json
+from mlplatform.tracking import datasets
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     for image in images:
         client.log_artifact(run_id, str(image), artifact_path="evaluation")
     client.log_artifact(run_id, str(paths.metrics), artifact_path="evaluation")
+    datasets.log_splits(client, run_id, params, paths, ("test",))
     log.info(
         "test %s",
         {

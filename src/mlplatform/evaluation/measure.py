@@ -36,6 +36,7 @@ class Figures:
     has_card: bool = True
     has_explanations: bool = True
     fairness: dict[str, str] = field(default_factory=dict)  # feature -> pass/fail/not assessed
+    lineage_problems: list[str] = field(default_factory=list)  # see registry/lineage.py
 
 
 def measure(

@@ -30,8 +30,12 @@ from mlplatform.evaluation.metrics import choose_threshold, validation_metrics
 from mlplatform.io import atomic_dir, read_json, write_json
 from mlplatform.modeling import families
 from mlplatform.modeling.features import design_matrices
+from mlplatform.tracking import datasets
 
 log = logging.getLogger(__name__)
+
+FIT_SPLITS = ("train", "validation")
+PARAMS_ARTIFACT = "lineage/params.json"
 
 # Signature types for the raw input columns and the outputs.
 _PRED_TYPE = {str: "string", int: "long", bool: "boolean", float: "double"}
@@ -189,11 +193,17 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     train, valid = load_split(paths, "train"), load_split(paths, "validation")
     fitted = fit(params, schema, train, valid, family, hp)
     client, exp_id = tracking.setup(params)
-    tags = tracking.lineage(params, paths, {s: paths.split(s) for s in ("train", "validation")})
+    tags = tracking.lineage(
+        params,
+        paths,
+        {s: paths.split(s) for s in FIT_SPLITS},
+        upstream=("ingest", "prepare", "tune"),
+    )
     tags.update(
         {
             "mlplatform.stage": "train",
             "mlplatform.tune_run_id": tuned["parent_run_id"],
+            "mlplatform.best_trial": str(tuned["best"]["number"]),
             "optuna.study_name": tuned["study_name"],
             "family": family,
         }
@@ -236,6 +246,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                 shutil.copytree(local, staged, dirs_exist_ok=True)
         mlflow.log_metric("verify_max_proba_diff", diff)
         run_id = run.info.run_id
+        # What `mlplatform lineage` compares with today's params.yaml.
+        mlflow.log_dict(params.model_dump(mode="json"), PARAMS_ARTIFACT)
+        datasets.log_splits(client, run_id, params, paths, FIT_SPLITS)
     report = {
         "run_id": run_id,
         "experiment_id": exp_id,

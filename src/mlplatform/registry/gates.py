@@ -118,6 +118,14 @@ def check_candidate(c: Figures, cfg: PromotionConfig) -> list[Rule]:
                 floor,
             )
         )
+    if c.lineage_problems:
+        rules.append(
+            Rule(
+                "lineage",
+                "fail" if cfg.require_clean_lineage else "info",
+                "lineage: " + "; ".join(c.lineage_problems),
+            )
+        )
     for feature, status in sorted(c.fairness.items()):
         outcome: Outcome = "fail" if status == "fail" else ("pass" if status == "pass" else "info")
         rules.append(Rule(f"fairness:{feature}", outcome, f"fairness for {feature}: {status}"))

@@ -18,7 +18,7 @@ from mlplatform.data.dataset import load_schema, load_split
 from mlplatform.errors import RegistryError
 from mlplatform.evaluation.measure import Figures, latencies, measure
 from mlplatform.io import read_json, write_json
-from mlplatform.registry import gates, versions
+from mlplatform.registry import gates, lineage, versions
 from mlplatform.registry.events import CardStore, record_event
 from mlplatform.registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
@@ -84,6 +84,7 @@ def promote(
             return payload
         cand, cand_model = measure(f"models:/{name}/{version}", version, schema, test)
         _attachments(cand, client, mv.run_id, cards)
+        cand.lineage_problems = lineage.problems(lineage.gather(client, params, name, version))
         champ = None
         if champion is not None:
             champ, champ_model = measure(f"models:/{name}/{champion}", champion, schema, test)

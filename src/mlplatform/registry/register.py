@@ -18,7 +18,14 @@ from mlplatform.registry.events import CardStore, refresh_description
 log = logging.getLogger(__name__)
 
 # Run tags copied onto the version: where it came from.
-LINEAGE_PREFIXES = ("mlplatform.", "dvc.lock.", "lib.", "mlflow.source.git")
+LINEAGE_PREFIXES = (
+    "mlplatform.",
+    "dvc.lock.",
+    "dvc.stage.",
+    "lib.",
+    "mlflow.source.git",
+    "optuna.",
+)
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     step_metrics: list[tuple[str, float, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    datasets: list[Any] = field(default_factory=list)  # DatasetInputs: the data it read
 
 
 def write_run(client: Any, rec: RunRecord) -> str:
@@ -72,6 +73,8 @@ def write_run(client: Any, rec: RunRecord) -> str:
             params=[e for e in chunk if isinstance(e, Param)],
             tags=[] if i else [RunTag("mlplatform.written", "batched")],
         )
+    if rec.datasets:
+        client.log_inputs(run.info.run_id, datasets=rec.datasets)
     client.set_terminated(run.info.run_id, rec.status, end_time=rec.end_ms)
     return run.info.run_id
 
@@ -297,8 +300,13 @@ def trial_record(
     name: str,
     metric: Objective,
     spaces: dict[str, dict[str, Any]],
+    datasets: list[Any] | None = None,
 ) -> RunRecord:
-    """One finished trial as an MLflow run record (same names for every family)."""
+    """One finished trial as an MLflow run record (same names for every family).
+
+    Args:
+        datasets: the DatasetInputs of the splits every trial reads (train, validation).
+    """
     family, hp = search_space.plain_params(trial.params, spaces)
     interrupted = bool(trial.user_attrs.get(INTERRUPTED_ATTR))
     state = "KILLED" if interrupted else trial.state.name
@@ -334,6 +342,7 @@ def trial_record(
         metrics=metrics,
         step_metrics=[(f"intermediate_{metric.name}", v, int(s)) for s, v in steps],
         tags=tags,
+        datasets=list(datasets or []),
     )
 
 

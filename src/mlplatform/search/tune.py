@@ -53,9 +53,12 @@ from mlplatform.search.trial_runs import (
     reconcile,
     trial_record,
 )
+from mlplatform.tracking import datasets
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SEARCH_SPLITS = ("train", "validation")
 
 
 # --------------------------------------------------------------------------------------
@@ -233,6 +236,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             name=name,
             metric=metric,
             spaces=spaces,
+            datasets=datasets.split_inputs(params, paths, SEARCH_SPLITS),
         )
 
         fixed = reconcile(study, client, exp_id, parent_id, record)
@@ -308,10 +312,13 @@ def _parent_run(
                 return parent_id
         except MlflowException:
             pass  # the tracking store was reset; start a new parent run
-    tags = tracking.lineage(params, paths, {s: paths.split(s) for s in ("train", "validation")})
+    tags = tracking.lineage(
+        params, paths, {s: paths.split(s) for s in SEARCH_SPLITS}, upstream=("ingest", "prepare")
+    )
     tags.update({"optuna.study_name": name, "mlplatform.stage": "tune"})
     run = client.create_run(exp_id, run_name=f"search-{name}", tags=tags)
     parent_id = run.info.run_id
+    datasets.log_splits(client, parent_id, params, paths, SEARCH_SPLITS)
     cfg = params.tune
     from mlflow.entities import Param
 
