@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup run test test-fast lint ui bench clean
+.PHONY: help setup system-deps run test test-fast lint ui server bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n",$$1,$$2}'
@@ -31,7 +31,14 @@ run: setup ## Set up, then run the whole pipeline (dvc repro) on the default dat
 	$(BIN)/dvc repro
 	@$(BIN)/mlplatform next-steps
 
-test: setup ## Set up, then run the whole test suite (what .ci/run calls)
+# The tests open the HTML reports in a real browser: Debian's chromium (apt, as root or sudo).
+system-deps: ## Install the system packages the tests need (chromium)
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: setup system-deps ## Set up, then run the whole test suite (what .ci/run calls)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup ## Only the fast unit tests
@@ -43,6 +50,9 @@ lint: setup ## ruff lint and format check
 
 ui: setup ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+server: setup ## Start the team's MLflow tracking server (PostgreSQL; README "Team mode"; ARGS="--auth ...")
+	$(BIN)/mlplatform server $(ARGS)
 
 bench: setup ## Run the benchmarks under bench/
 	$(BIN)/python bench/tracking_overhead.py

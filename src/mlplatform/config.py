@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILY_NAMES
+from mlplatform.strict import Strict
+from mlplatform.team.settings import ServerSettings
 
 ColumnKind = Literal["numeric", "categorical", "boolean", "datetime"]
 # The model families of the one family table (see families.py).
@@ -54,12 +56,6 @@ class Paths:
 
 
 SPLITS = ("train", "validation", "test")
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors, so a typo in params.yaml never passes silently."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SplitConfig(Strict):
@@ -320,6 +316,7 @@ class Params(Strict):
     promotion: PromotionConfig = PromotionConfig()
     score: ScoreConfig = ScoreConfig()
     mlflow: TrackingConfig = TrackingConfig()
+    server: ServerSettings = ServerSettings()
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""

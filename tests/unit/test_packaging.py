@@ -20,13 +20,12 @@ def _pyproject() -> dict:
 def test_every_direct_dependency_is_pinned():
     project = _pyproject()["project"]
     deps = project["dependencies"] + project["optional-dependencies"]["dev"]
-    assert deps and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", d) for d in deps), deps
-    lock = (ROOT / "requirements.lock").read_text().splitlines()
-    locked = {line.split("==")[0].lower() for line in lock if "==" in line}
-    for dep in deps:
-        assert dep.split("==")[0].lower() in locked, f"{dep} missing from requirements.lock"
-    for dep in deps:  # the lock agrees with the pins
-        assert dep.lower() in {line.lower() for line in lock}, dep
+    pinned = r"([A-Za-z0-9_.-]+)(\[[\w,]+\])?==([\w.]+)"
+    assert deps and all(re.fullmatch(pinned, d) for d in deps), deps
+    lock = {line.lower() for line in (ROOT / "requirements.lock").read_text().splitlines()}
+    for dep in deps:  # the lock agrees with the pins (extras install more, not other versions)
+        name, _, version = re.fullmatch(pinned, dep).groups()
+        assert f"{name}=={version}".lower() in lock, f"{dep} missing from requirements.lock"
 
 
 def test_conda_env_matches_pyproject():

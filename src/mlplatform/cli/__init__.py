@@ -17,8 +17,11 @@ from mlplatform.cli import pipeline, registry, serving  # noqa: F401 (they regis
 from mlplatform.cli.app import app
 from mlplatform.cli.pipeline import STAGES
 from mlplatform.errors import MlplatformError
+from mlplatform.team.cli import app as server_app
 
 __all__ = ["STAGES", "app", "main"]
+
+app.add_typer(server_app, name="server")
 
 
 def main() -> None:

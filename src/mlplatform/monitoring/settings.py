@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from mlplatform.config import Strict
+from mlplatform.strict import Strict
 
 Metric = Literal["roc_auc", "average_precision", "precision", "recall", "f1"]
 METRICS: tuple[str, ...] = ("roc_auc", "average_precision", "precision", "recall", "f1")

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from mlplatform.config import Strict
+from mlplatform.strict import Strict
 
 # Stages a version passes through on its way to users (the fields of SignoffConfig).
 STAGES = ("shadow", "ab", "champion")

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from mlplatform.config import Strict
 from mlplatform.errors import ConfigError, MlplatformError
+from mlplatform.strict import Strict
 
 DEFAULT_BACKEND_URI = "postgresql://postgres@127.0.0.1:5432/mlflow"
 # MLflow's own permission names (mlflow.server.auth.permissions), for users without a grant.

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from mlplatform.config import Strict
 from mlplatform.errors import ConfigError, MlplatformError
+from mlplatform.strict import Strict
 
 ENV_URL = "MLPLATFORM_PREDICTION_LOG"
 OFF_WORDS = ("", "0", "off", "false", "no", "none")
