@@ -23,6 +23,18 @@ from mlplatform.errors import RegistryError
 from mlplatform.registry import audit, versions
 
 PARAMS_ARTIFACT = "lineage/params.json"  # written by the train stage
+# Test metrics the report shows first (all of them are in --json).
+HEADLINE = (
+    "average_precision",
+    "roc_auc",
+    "precision",
+    "recall",
+    "f1",
+    "f1_macro",
+    "accuracy",
+    "brier",
+    "log_loss",
+)
 
 
 def resolve_version(client: Any, name: str, ref: str) -> str:
@@ -260,7 +272,8 @@ def render(info: dict[str, Any]) -> list[tuple[str, bool]]:
         + (" - NOT IN THIS STORE" if s.get("missing") else ""),
         bool(s.get("missing")),
     )
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in info["test_metrics"].items() if "_" not in k)
+    shown = [k for k in HEADLINE if k in info["test_metrics"]] or sorted(info["test_metrics"])
+    metrics = ", ".join(f"{k} {info['test_metrics'][k]:.4f}" for k in shown)
     add(f"  test      {metrics or '-'}")
     add(f"  card      {info['card']['run_artifacts']} ({info['card']['versioned']})")
     for g in info["gates"]:
