@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
-from mlplatform.modeling.families import FAMILY_NAMES
+from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
 
@@ -71,6 +71,29 @@ class SplitConfig(Strict):
         return self
 
 
+class ColumnType(Strict):
+    """One entry of data.column_types written as a mapping: a kind, and for dates a format.
+
+    Raises:
+        ValueError: (as a pydantic error) a format on a kind other than datetime, or a
+            format without any strftime directive.
+    """
+
+    kind: ColumnKind
+    format: str | None = Field(
+        default=None, description="strftime format of text dates, e.g. '%d.%m.%Y' (else ISO)"
+    )
+
+    @model_validator(mode="after")
+    def _format_for_dates(self) -> ColumnType:
+        if self.format is not None:
+            if self.kind != "datetime":
+                raise ValueError(f"format applies to kind datetime only (kind is {self.kind})")
+            if "%" not in self.format:
+                raise ValueError(f"format {self.format!r} has no strftime directive (%d.%m.%Y)")
+        return self
+
+
 class DataConfig(Strict):
     """data: the source, the target and roles of columns, the split."""
 
@@ -88,8 +111,19 @@ class DataConfig(Strict):
         description="Feed sensitive features to the model (off: kept only to audit fairness)",
     )
     time_column: str | None = None
-    column_types: dict[str, ColumnKind] = {}
+    # A kind (``chist: categorical``) or a mapping (``opened: {kind: datetime, format: ...}``).
+    column_types: dict[str, ColumnKind | ColumnType] = {}
     split: SplitConfig = SplitConfig()
+
+    def declared_kind(self, column: str) -> ColumnKind | None:
+        """The kind data.column_types gives a column (None: inferred from the data)."""
+        entry = self.column_types.get(column)
+        return entry.kind if isinstance(entry, ColumnType) else entry
+
+    def declared_date_format(self, column: str) -> str | None:
+        """The date format data.column_types gives a column (None: ISO 8601 or detected)."""
+        entry = self.column_types.get(column)
+        return entry.format if isinstance(entry, ColumnType) else None
 
 
 class FeaturesConfig(Strict):
@@ -131,6 +165,8 @@ class DistributionSpec(Strict):
             raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("log scale needs low > 0")
+        if self.log and self.step is not None and not (self.kind == "int" and self.step == 1):
+            raise ValueError("a log scale cannot have a step (Optuna refuses it)")
         return self
 
     @property
@@ -141,6 +177,10 @@ class DistributionSpec(Strict):
             return "categorical"
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
         return "int" if ints else "float"
+
+
+# The objectives tune.metric can name (evaluation.metrics.OBJECTIVES; a test keeps them equal).
+TUNE_METRICS = ("average_precision", "roc_auc", "log_loss", "brier", "f1", "balanced_accuracy")
 
 
 class PrunerConfig(Strict):
@@ -159,7 +199,7 @@ class TuneConfig(Strict):
 
     n_trials: Annotated[int, Field(gt=0)] = 40
     timeout_s: Annotated[float, Field(gt=0)] | None = 1800
-    metric: str = "average_precision"
+    metric: str = Field(default="average_precision", description="one of TUNE_METRICS")
     class_weight: Literal["balanced", "none"] = "balanced"
     report_every: Annotated[int, Field(gt=0)] = Field(
         default=25, description="XGBoost boosting rounds between pruning reports"
@@ -177,6 +217,28 @@ class TuneConfig(Strict):
         if not v:
             raise ValueError("list at least one model family")
         return v
+
+    @field_validator("metric")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        if value not in TUNE_METRICS:
+            raise ValueError(f"unknown metric {value!r}; expected one of {', '.join(TUNE_METRICS)}")
+        return value
+
+    def unknown_hyperparameters(self) -> list[tuple[str, str]]:
+        """(key path, message) of every hyperparameter its family does not accept."""
+        found = []
+        for family, values in self.families.items():
+            accepted = FAMILIES[family].hyperparameters
+            for name in values:
+                if name not in accepted:
+                    found.append(
+                        (
+                            f"tune.families.{family}.{name}",
+                            f"unknown hyperparameter (known: {', '.join(sorted(accepted))})",
+                        )
+                    )
+        return found
 
 
 class ThresholdConfig(Strict):
@@ -272,6 +334,11 @@ class PromotionConfig(Strict):
         description="Reject versions trained from a dirty tree or on data not in dvc.lock",
     )
     latency_repeats: Annotated[int, Field(ge=5)] = 200
+    min_compare_rows: Annotated[int, Field(ge=1)] = Field(
+        default=200,
+        description="Fewest test rows new to both models (neither trained nor validated on "
+        "them) the gate compares on; fewer: manual review",
+    )
 
     @field_validator("primary_metric")
     @classmethod
@@ -296,10 +363,49 @@ class ScoreConfig(Strict):
     on_error: Literal["report", "fail"] = "report"
 
 
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow 3.17 cannot use this tracking URI as the project's store (None: it can)."""
+    scheme, sep, rest = uri.partition(":")
+    scheme = scheme.lower() if sep else ""
+    if scheme == "sqlite":
+        if not rest.startswith("///") or not rest[3:].strip():
+            return (
+                f"{uri!r}: a sqlite store is sqlite:///relative/path.db or sqlite:////abs/path.db"
+            )
+        return None
+    if scheme.split("+")[0] in _DATABASES or scheme in ("http", "https"):
+        if not rest.startswith("//") or not rest[2:].strip("/"):
+            return f"{uri!r}: expected {scheme}://host/... "
+        return None
+    if (scheme or uri) in ("databricks", "databricks-uc"):
+        return None
+    if scheme in ("", "file") or len(scheme) == 1:  # a plain path, file:, a Windows drive
+        return (
+            f"{uri!r} is a file store, which MLflow 3.17 keeps in maintenance mode and refuses "
+            "by default; use sqlite:///mlflow.db (local) or postgresql://user@host/db (team)"
+        )
+    hint = " (SQLAlchemy spells it postgresql://)" if scheme == "postgres" else ""
+    return (
+        f"{uri!r}: unsupported scheme '{scheme}'{hint}; use sqlite:///mlflow.db, "
+        "postgresql(+driver)://user@host/db, mysql://..., or http(s)://tracking-server"
+    )
+
+
 class TrackingConfig(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "mlplatform"
     user: str | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _usable_store(cls, value: str) -> str:
+        problem = tracking_uri_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Params(Strict):
@@ -326,67 +432,6 @@ class Params(Strict):
         return digest({k: dump[k] for k in sections} if sections else dump)
 
 
-_EXPECT = {
-    "missing": "is required but missing",
-    "extra_forbidden": "is not a known key",
-}
-
-
-_SCALARS = {"str", "int", "float", "bool", "none"}
-
-
-def _locate(loc: tuple, raw: Any, missing: bool) -> tuple[tuple, tuple, str | None, Any]:
-    """Map a pydantic error location onto the user's file.
-
-    Pydantic puts the name of each union branch it tried into ``loc`` (``str``,
-    ``function-after[..., DistributionSpec]``...). Walking the raw input keeps only real keys.
-
-    Returns:
-        (path of the union or the key, full key path, union branch or None, value there).
-    """
-    path: list[str] = []
-    group: tuple | None = None
-    branch: str | None = None
-    node = raw
-    at_group = raw
-    for i, part in enumerate(loc):
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and part < len(node)
-        ):
-            node = node[part]
-            path.append(str(part))
-        elif missing and i == len(loc) - 1:
-            path.append(str(part))  # a missing key is not in the input by definition
-        elif branch is None:
-            group, branch, at_group = tuple(path), str(part), node
-    full = tuple(path)
-    return (group if group is not None else full), full, branch, at_group
-
-
-def _branch_name(branch: str) -> str:
-    return branch.rstrip("]").split(",")[-1].strip() if "[" in branch else branch
-
-
-def _describe(items: list[tuple[dict, tuple, str | None, Any]]) -> str:
-    _, _, branch, value = items[0]
-    if branch is not None:
-        # Keep the branches that match the shape of what the user wrote.
-        shaped = [i for i in items if (i[2] not in _SCALARS) == isinstance(value, dict)]
-        items = shaped or items
-    err, full, _, _ = max(items, key=lambda i: len(i[0]["loc"]))
-    where = ".".join(full) or "(top level)"
-    if err["type"] in _EXPECT:
-        return f"{where} {_EXPECT[err['type']]}"
-    if len(items) > 1 and len({len(i[0]["loc"]) for i in items}) == 1:
-        names = sorted({_branch_name(str(i[2])) for i in items})
-        msg = f"not a valid value (expected one of: {', '.join(names)})"
-    else:
-        msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-    return f"{where}: {msg}{shown}"
-
-
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a parsed params mapping.
 
@@ -396,15 +441,18 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
-        groups: dict[tuple, list] = {}
-        for e in exc.errors():
-            group, full, branch, value = _locate(e["loc"], raw, e["type"] == "missing")
-            groups.setdefault(group, []).append((e, full, branch, value))
-        first = next(iter(groups.values()))
-        more = f" (and {len(groups) - 1} more)" if len(groups) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(first)}{more}") from None
+        from mlplatform.config_messages import describe
+
+        raise ConfigError(f"{source}: {describe(exc, raw)}") from None
+    # Checks that need the family table: still at load, before any stage runs.
+    problems = params.tune.unknown_hyperparameters()
+    if problems:
+        (where, what), more = problems[0], len(problems) - 1
+        extra = f" (and {more} more)" if more else ""
+        raise ConfigError(f"{source}: {where}: {what}{extra}")
+    return params
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

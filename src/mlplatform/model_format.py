@@ -9,7 +9,8 @@ Layout of the model's data folder (``mlplatform_model/``)::
 
 No pickle or cloudpickle file is written or read: skops refuses any type not on the
 explicit list in model.json, and the MLmodel file names this module as the loader (it must
-be installed, as it is in the project's virtualenv), so the registry holds data, not code.
+be installed, as it is in the project's virtualenv), so the registry holds data, not code
+(``model_trust`` checks a folder before anything in it is used).
 
 Scoring goes raw records -> ``columns.coerce`` -> preprocessing -> estimator. The
 preprocessing is compiled from the fitted transformer's public attributes into a few numpy
@@ -27,38 +28,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform import model_trust
 from mlplatform.data.columns import ColumnSpec, coerce, coerce_arrays
 from mlplatform.errors import ModelError
+from mlplatform.model_trust import (  # noqa: F401 (part of this module's interface)
+    DATA_DIR,
+    FORMAT_VERSION,
+    LOADER_MODULE,
+    SKLEARN_TRUSTED,
+    ModelFormatError,
+    check_mlmodel,
+)
 from mlplatform.modeling import families
 
-FORMAT_VERSION = 1
-DATA_DIR = "mlplatform_model"
-LOADER_MODULE = "mlplatform.model_format"
 PREDICTION = "prediction"
 PROBA_PREFIX = "probability_"
 # Set by MLflow's scoring server (mlflow.environment_variables._MLFLOW_IS_IN_SERVING_ENVIRONMENT).
 _SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
-
-# Types skops may build when loading; nothing else is accepted.
-SKLEARN_TRUSTED = [
-    "sklearn.compose._column_transformer.ColumnTransformer",
-    "sklearn.compose._column_transformer._RemainderColsList",
-    "sklearn.pipeline.Pipeline",
-    "sklearn.impute._base.SimpleImputer",
-    "sklearn.impute._base.MissingIndicator",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.preprocessing._encoders.OneHotEncoder",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "sklearn.ensemble._forest.RandomForestClassifier",
-    "sklearn.tree._classes.DecisionTreeClassifier",
-    "sklearn.tree._tree.Tree",
-    "sklearn.utils._bunch.Bunch",
-    "numpy.dtype",
-    "numpy.ndarray",
-    "builtins.slice",
-    "builtins.object",
-    "builtins.type",
-]
 
 
 def probability_column(cls: Any) -> str:
@@ -69,10 +55,6 @@ def probability_column(cls: Any) -> str:
 def probabilities(out: pd.DataFrame, classes: list[Any]) -> np.ndarray:
     """The class probabilities of a ``predict`` answer (rows x classes, in class order)."""
     return out[[probability_column(c) for c in classes]].to_numpy(dtype=np.float64)
-
-
-class ModelFormatError(ModelError):
-    """The model folder is not one this version can load."""
 
 
 def _skops_dump(obj: Any, path: Path) -> list[str]:
@@ -293,6 +275,7 @@ class TabularModel:
         if invalid:
             col, mask = next(iter(invalid.items()))
             bad = frame[col].to_numpy()[mask][0]
+            bad = bad.item() if isinstance(bad, np.generic) else bad  # 5, not np.int64(5)
             raise _invalid_input(
                 f"column '{col}': value {bad!r} is not a valid {_kind_word(self.specs, col)}"
             )
@@ -318,10 +301,26 @@ def _kind_word(specs: list[ColumnSpec], col: str) -> str:
 
 
 def _invalid_input(message: str) -> Exception:
+    """A 400 whose body is this one line.
+
+    MLflow's scoring server prefixes any MlflowException from ``predict`` with a dump of the
+    whole input frame (``e.message = f"Failed to predict data '{data}'..."``); this class
+    keeps the message it was made with, so clients read our line and nothing else.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    class InvalidInput(MlflowException):
+        @property
+        def message(self) -> str:
+            return self._one_line
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_one_line"):  # set once, by MlflowException.__init__
+                self._one_line = " ".join(str(value).split())
+
+    return InvalidInput(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _as_frame(model_input: Any, names: list[str]) -> pd.DataFrame:
@@ -334,7 +333,10 @@ def _as_frame(model_input: Any, names: list[str]) -> pd.DataFrame:
     else:
         raise _invalid_input(f"expected records or a DataFrame, got {type(model_input).__name__}")
     if frame.empty:
-        raise _invalid_input("empty input: send at least one record")
+        # MLflow drops columns the signature does not name, so a request with none of the
+        # model's columns arrives as an empty frame too.
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} columns)" if len(names) > 5 else "")
+        raise _invalid_input(f"empty input: send at least one record with the columns {shown}")
     columns = frame.columns.tolist()  # not `in frame.columns`: that hashes a new Index
     present = set(columns)
     if len(present) != len(columns):
@@ -352,35 +354,11 @@ def _all_lists(d: dict) -> bool:
 
 
 def _load_pyfunc(data_path: str) -> TabularModel:
-    """MLflow's loader hook: ``mlflow.pyfunc.load_model`` calls this with our data folder."""
-    return TabularModel(Path(data_path))
-
-
-def check_mlmodel(model_dir: Path) -> dict[str, Any]:
-    """Make sure a model folder is one of ours before anything in it is loaded.
-
-    MLflow would happily unpickle a ``python_model`` or put a ``code`` folder on sys.path;
-    a model from a shared registry must not be a way to run code. Ours name this module as
-    the loader and carry data only.
-
-    Raises:
-        ModelFormatError: naming the MLmodel file and what is wrong with it.
-    """
-    import yaml
-
-    mlmodel = Path(model_dir) / "MLmodel"
-    if not mlmodel.is_file():
-        raise ModelFormatError(f"{mlmodel}: not found (not an MLflow model folder)")
-    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
-    pyfunc = flavors.get("python_function", {})
-    if pyfunc.get("loader_module") != LOADER_MODULE:
-        raise ModelFormatError(
-            f"{mlmodel}: not an mlplatform model (loader {pyfunc.get('loader_module')!r}); "
-            "refusing to load it, as it could run arbitrary code"
-        )
-    if pyfunc.get("code") or "python_model" in pyfunc or "cloudpickle_version" in pyfunc:
-        raise ModelFormatError(f"{mlmodel}: carries code or pickles; refusing to load it")
-    return pyfunc
+    """MLflow's loader hook: ``mlflow.pyfunc.load_model`` (and so ``mlflow models serve``)
+    calls this with the model folder joined to the MLmodel's ``data`` entry. The folder
+    around it must pass every check of ``model_trust`` first: nothing outside the artifact
+    is followed, whatever the MLmodel file says."""
+    return TabularModel(model_trust.data_folder(data_path))
 
 
 def load(model_dir: Path | str) -> TabularModel:
@@ -391,7 +369,7 @@ def load(model_dir: Path | str) -> TabularModel:
     """
     model_dir = Path(model_dir)
     if (model_dir / "MLmodel").is_file():
-        return TabularModel(model_dir / check_mlmodel(model_dir)["data"])
+        return TabularModel(model_dir / model_trust.verify_folder(model_dir)["data"])
     return TabularModel(model_dir)
 
 
@@ -402,37 +380,25 @@ def load_pyfunc(uri_or_path: str | Path) -> Any:
         uri_or_path: a local model folder or any MLflow model URI (models:/, runs:/...).
 
     Raises:
-        ModelFormatError: the model is not one of ours.
+        ModelFormatError: the model is not one of ours (named by its URI and version).
         ModelError: the URI cannot be resolved or downloaded.
     """
-    import tempfile
-
-    import mlflow
-
-    local = Path(str(uri_or_path))
-    if local.is_dir():
-        check_mlmodel(local)
-        return _load_checked(local, uri_or_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=str(uri_or_path), dst_path=tmp)
-        except Exception as exc:
-            raise ModelError(
-                f"{uri_or_path}: cannot fetch model ({str(exc).splitlines()[0][:200]})"
-            ) from None
-        check_mlmodel(Path(path))
-        # Everything is read into memory at load time, so the folder can go afterwards.
-        return _load_checked(Path(path), uri_or_path)
+    label = model_trust.describe(str(uri_or_path))
+    with model_trust.fetched(uri_or_path, label) as folder:
+        model_trust.verify_folder(folder, label)
+        # Everything is read into memory at load time, so a download can go afterwards.
+        return _load_checked(folder, label)
 
 
 def _load_checked(folder: Path, name: str | Path) -> Any:
-    """Load a folder check_mlmodel accepted; a failure is one ModelError naming the model."""
+    """Load a folder verify_folder accepted; a failure is one ModelError naming the model."""
     import mlflow
 
     try:
         return mlflow.pyfunc.load_model(str(folder))
-    except ModelError:
-        raise
+    except ModelError as exc:
+        # Raised by our loader inside MLflow, naming the temporary folder: name the model.
+        raise type(exc)(f"{name}: {str(exc).partition(': ')[2] or exc}") from None
     except Exception as exc:  # skops untrusted types, a corrupt model.json, ...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelError(f"{name}: cannot load model ({reason})") from None

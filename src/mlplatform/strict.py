@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors, so a typo in params.yaml never passes silently."""
+    """Unknown keys are errors, so a typo in params.yaml never passes silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Types are strict too: ``n_trials: true`` or ``"6"`` is not an int and ``"yes"`` is not
+    a bool (an int is still accepted where a float is expected).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

@@ -298,3 +298,131 @@ def test_promotion_metric_names_are_what_evaluation_reports():
         proba = rng.dirichlet(np.ones(k), size=60)
         reported |= set(evaluate(y, proba, list(range(k)), 0.5 if k == 2 else None))
     assert set(PROMOTION_METRICS) <= reported
+
+
+# --------------------------------------------------------------------------------------
+# Strict types: no silent coercion (issue 11)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("tune.n_trials", True),
+        ("tune.n_trials", "6"),
+        ("seed", 4.0),
+        ("data.sensitive_as_features", "yes"),
+        ("data.sensitive_as_features", 1),
+        ("promotion.require_card", "true"),
+        ("tune.timeout_s", "1800"),
+        ("data.source", 123),
+    ],
+)
+def test_values_of_another_type_are_refused_not_coerced(dotted, value):
+    message = config_error(set_key(default_raw(), dotted, value))
+    assert message.startswith(f"params.yaml: {dotted}: "), message
+    assert repr(value) in message
+
+
+def test_ints_are_still_accepted_where_a_float_is_expected():
+    raw = set_key(default_raw(), "tune.timeout_s", 1800)
+    raw = set_key(raw, "promotion.reject_drop", 0)
+    params = parse_params(raw)
+    assert params.tune.timeout_s == 1800.0 and params.promotion.reject_drop == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Checked at load, before ingest runs
+
+
+def test_unknown_tune_metric_is_refused_at_load():
+    message = config_error(set_key(default_raw(), "tune.metric", "auc"))
+    assert "tune.metric: unknown metric 'auc'" in message and "average_precision" in message
+
+
+def test_tune_metrics_are_the_objectives_the_search_knows():
+    from mlplatform.config import TUNE_METRICS
+    from mlplatform.evaluation.metrics import OBJECTIVES
+
+    assert tuple(OBJECTIVES) == TUNE_METRICS
+
+
+def test_unknown_hyperparameter_is_refused_at_load_with_its_key_path():
+    raw = set_key(default_raw(), "tune.families.xgboost.max_dept", {"low": 2, "high": 4})
+    message = config_error(raw)
+    assert message.startswith("params.yaml: tune.families.xgboost.max_dept: unknown hyperparameter")
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("file:./mlruns", "maintenance mode"),
+        ("./mlruns", "maintenance mode"),
+        ("mlruns", "maintenance mode"),
+        ("sqlite://mlflow.db", "sqlite:///"),
+        ("postgres://u@h/db", "postgresql://"),
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("http://", "expected http://host"),
+    ],
+)
+def test_tracking_uri_a_store_cannot_use_is_refused_at_load(uri, words):
+    message = config_error(set_key(default_raw(), "mlflow.tracking_uri", uri))
+    assert "mlflow.tracking_uri:" in message and words in message
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:///mlflow.db",
+        "sqlite:////tmp/abs.db",
+        "postgresql://user@127.0.0.1:5432/test",
+        "postgresql+psycopg2://user@host/db",
+        "mysql+pymysql://u:p@h/db",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.org",
+        "databricks",
+    ],
+)
+def test_tracking_uris_mlflow_can_use_pass(uri):
+    assert parse_params(set_key(default_raw(), "mlflow.tracking_uri", uri)).mlflow.tracking_uri
+
+
+def test_env_tracking_uri_is_checked_when_a_command_sets_up_tracking(monkeypatch):
+    import mlplatform
+    from mlplatform import tracking
+
+    monkeypatch.setattr(mlplatform, "USER_TRACKING_URI", "file:/tmp/mlruns")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI: .*maintenance mode"):
+        tracking.setup(parse_params(default_raw()))
+
+
+# --------------------------------------------------------------------------------------
+# data.column_types: a kind, or a mapping with a date format (backwards compatible)
+
+
+def test_column_types_accept_a_kind_or_a_mapping_with_a_date_format():
+    raw = set_key(
+        default_raw(),
+        "data.column_types",
+        {"chist": "categorical", "when": {"kind": "datetime", "format": "%d.%m.%Y"}},
+    )
+    data = parse_params(raw).data
+    assert (
+        data.declared_kind("chist") == "categorical" and data.declared_date_format("chist") is None
+    )
+    assert data.declared_kind("when") == "datetime"
+    assert data.declared_date_format("when") == "%d.%m.%Y"
+    assert data.declared_kind("other") is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ({"kind": "numeric", "format": "%d.%m.%Y"}, "format applies to kind datetime only"),
+        ({"kind": "datetime", "format": "dd.mm.yyyy"}, "no strftime directive"),
+        ({"kind": "datetime", "fmt": "%d"}, "data.column_types.when.fmt is not a known key"),
+        ({"kind": "date"}, "data.column_types.when.kind"),
+    ],
+)
+def test_bad_column_type_mapping_names_the_column(entry, words):
+    message = config_error(set_key(default_raw(), "data.column_types", {"when": entry}))
+    assert "data.column_types.when" in message and words in message

@@ -69,7 +69,7 @@ def odd_rows() -> pd.DataFrame:
             "c": [np.nan, 4.0, np.nan, 6.0, 5.0, 1.0],  # missing although never in training
             "color": ["orange", None, "gold", "pink", "teal", "red"],
             "region": ["west", "north", None, "east", "south", "mars"],
-            "member": ["maybe", None, "yes", "no", "YES", "no"],
+            "member": ["Y", None, "yes", "no", "YES", "no"],  # "maybe" is invalid now
             "when": [None, "2021-06-01T10:00:00", "not a date", None, "2019-01-01T00:00:00", None],
         }
     )
@@ -380,3 +380,49 @@ def test_model_logged_by_release_0_1_0_still_loads_and_predicts_the_same():
         for cls in ("no", "yes"):
             col = f"probability_{cls}"
             assert out[col].tolist() == pytest.approx([r[col] for r in expected["expected"]])
+
+
+def test_input_errors_stay_one_line_when_the_scoring_server_decorates_them(saved, frame):
+    """MLflow's server sets e.message = "Failed to predict data '<frame dump>'. Error: ...";
+    the client must read our line, not a dump of its request."""
+    with pytest.raises(MlflowException) as info:
+        saved["model"].predict(frame.drop(columns=["b"]).head(5))
+    error = info.value
+    error.message = f"Failed to predict data '{frame.head(5)}'. \nError: {error.message}"
+    assert error.message == "missing column(s): b"
+    assert json.loads(error.serialize_as_json())["message"] == "missing column(s): b"
+
+
+def test_a_request_with_none_of_the_model_columns_names_them(saved, frame):
+    with pytest.raises(MlflowException) as info:
+        saved["model"].predict(pd.DataFrame())
+    assert info.value.message.startswith("empty input: send at least one record with the columns")
+    assert "a, b, c, color, region, ... (7 columns)" in info.value.message
+
+
+def test_a_date_format_found_at_training_is_how_the_saved_model_reads_dates(tmp_path):
+    """DD.MM.YYYY dates became categories; now the format is stored with the column."""
+    rng = np.random.default_rng(5)
+    when = pd.Series(pd.date_range("2020-01-01", periods=N, freq="3D").strftime("%d.%m.%Y"))
+    data = pd.DataFrame({"a": rng.normal(size=N), "when": when})
+    specs = [columns.make_spec(data[c], *columns.infer(data[c])) for c in data.columns]
+    assert specs[1].date_format == "%d.%m.%Y"
+    canonical = columns.coerce(data, specs)[0]
+    pre = features.build_preprocessor(specs, CFG, scale=True).fit(canonical)
+    y = (canonical["when__month"] > 6).astype(int).to_numpy()
+    model_format.write_folder(
+        tmp_path / "m",
+        preprocessor=pre,
+        estimator=LogisticRegression(max_iter=500).fit(pre.transform(canonical), y),
+        family="logistic_regression",
+        specs=specs,
+        classes=CLASSES,
+        threshold=THRESHOLD,
+        check_frame=data,
+    )
+    model = model_format.load(tmp_path / "m")
+    assert model.specs[1].date_format == "%d.%m.%Y"
+    out = model.predict(pd.DataFrame({"a": [0.1, 0.1], "when": ["15.08.2021", "15.01.2021"]}))
+    assert out["prediction"].tolist() == ["yes", "no"]
+    with pytest.raises(MlflowException, match="column 'when': value '2021-08-15'"):
+        model.predict(pd.DataFrame({"a": [0.1], "when": ["2021-08-15"]}))

@@ -125,7 +125,7 @@ def next_steps_text(params: Params, paths: Paths) -> str:
     if paths.promotion.exists():
         name = params.registry.model_name
         lines.append(
-            f"  serve       mlflow models serve -m 'models:/{name}@champion' "
-            "--env-manager local --port 5001"
+            f"  serve       mlplatform verify 'models:/{name}@champion' && mlflow models serve "
+            f"-m 'models:/{name}@champion' --env-manager local --port 5001"
         )
     return "\n".join(lines)

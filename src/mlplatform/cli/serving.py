@@ -1,4 +1,4 @@
-"""Serving commands: batch scoring."""
+"""Serving commands: batch scoring, and the check to run before serving a model."""
 
 from __future__ import annotations
 
@@ -52,3 +52,39 @@ def score(
     )
     if summary.rows_failed:
         typer.echo(f"{summary.rows_failed:,} rows could not be scored: {summary.errors_file}")
+
+
+@app.command()
+def verify(
+    model_uri: Annotated[
+        str,
+        typer.Argument(help="models:/NAME/N, models:/NAME@ALIAS, runs:/RUN/PATH or a folder"),
+    ],
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Check a model is an mlplatform model carrying data only, before `mlflow models serve`.
+
+    Exits non-zero (one line naming the model and the reason) when it names another loader,
+    carries code or pickles, or points outside its folder.
+    """
+    from mlplatform import model_format, model_trust
+
+    if not Path(model_uri).is_dir() and params.is_file():
+        from mlplatform import tracking
+
+        tracking.setup(setup(params)[0])  # the store params.yaml (or MLFLOW_TRACKING_URI) names
+    label = model_trust.describe(model_uri)
+    with model_trust.fetched(model_uri, label) as folder:
+        found = model_trust.verify_folder(folder, label)
+        try:
+            model_format.load(folder)  # data only: skops with the trusted types, native XGBoost
+        except model_trust.ModelError:
+            raise
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise model_trust.ModelFormatError(f"{label}: cannot load model ({reason})") from None
+    typer.echo(
+        f"verified: {label}: an mlplatform {found['family']} model holding data only "
+        f"(loader {model_trust.LOADER_MODULE}, {found['files']} files inside the model folder, "
+        "no code, no pickles, skops types on the trusted list)"
+    )

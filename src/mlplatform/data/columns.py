@@ -1,19 +1,50 @@
 """Column kinds: inference from data, per-column overrides, and coercion of raw records.
 
-Raw records (as a client sends them) are turned into a canonical frame the preprocessing
-pipeline understands:
+This is the one place that says how values are read. Raw records (as a client sends them)
+become the canonical frame the preprocessing understands, by the same functions at training
+(``prepare`` stores the splits in the declared types; ``train`` and ``tune`` coerce them),
+in the served model (``mlflow models serve``: MLflow's schema check, then ``coerce``) and
+in batch scoring (``mlplatform score``: CSV cells are read as text, Parquet keeps its types,
+then ``coerce``). The per-request path (a few rows) and the batch path give the same
+result value for value (tests compare them).
 
-- numeric and boolean columns become float64 (booleans 0/1), missing stays NaN;
-- categorical columns become strings, missing becomes ``MISSING`` (a category of its own);
-- datetime columns expand into numeric parts (days since epoch, month, day of week, hour).
+What each kind accepts, at every door. An invalid value is set missing and reported at
+training (``prepare``: ``invalid_values`` in reports/data_summary.json), refused at serving
+(HTTP 400 naming the column and value) and listed in ``<output>.errors.csv`` by ``score``:
 
-The same function runs at training time, in the logged model and in batch scoring, so what
-the model sees never depends on which door the data came in by.
+- numeric: numbers, and text Python reads as a number (``" 4 "``, ``"1e3"``, ``"1_000"``;
+  ``"nan"`` is missing). Invalid: other text (``"abc"``, ``"1.2.3"``) and infinities
+  (``inf``, ``"Infinity"``, ``1e999``); a training column holding real infinities stops
+  prepare outright. (Served, a column declared ``double`` gets MLflow's own type check
+  first: text there is MLflow's 400.)
+- boolean: real booleans; 0 and 1 (numbers or text); yes/no, true/false, y/n, t/f in any
+  case, spaces around ignored. Invalid: any other number (``5``, ``0.5``) or text (``"5"``,
+  ``"maybe"``).
+- categorical: anything, as its text (``5``, ``5.0`` and ``"5"`` are the one category
+  ``"5"``). Nothing is invalid: a category never seen in training is scored (the encoder's
+  infrequent group when it has one, else no category column set).
+- datetime: timestamps, and text in ISO 8601 or in the format stored with the column
+  (``ColumnSpec.date_format``, see ``dates``). Invalid: text that does not parse so.
+
+Missing values (null, NaN, None; in CSV files also the spellings pandas reads as missing:
+"", NA, N/A, n/a, NULL, null, NaN, None, ..., the same at ingest and in ``score``) are
+valid in every kind: numeric, boolean and date parts
+become NaN (imputed with the training median, with a missing-indicator feature);
+categorical becomes ``MISSING``, a category of its own. Canonical values: numeric and
+boolean columns are float64 (booleans 0/1), categorical columns strings, datetime columns
+four numeric parts (days since epoch, month, day of week, hour).
+
+Inference at training (``infer``), for columns ``data.column_types`` does not name:
+boolean from a bool dtype or at most two yes/no-style tokens; datetime from a datetime dtype
+or text dates (``dates.detect``); numeric from a numeric dtype, or text of which at least
+``NUMERIC_SHARE`` of the values are numbers (the others are strays: missing, and reported);
+otherwise categorical. Text between ``CATEGORICAL_SHARE`` and ``NUMERIC_SHARE`` numbers is
+neither and stops prepare (``validate.infer_specs``): declare it.
 """
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,12 +52,16 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.config import ColumnKind
+from mlplatform.data import dates
 
 MISSING = "__missing__"
 TRUE_TOKENS = frozenset({"true", "yes", "y", "t", "1"})
 FALSE_TOKENS = frozenset({"false", "no", "n", "f", "0"})
 DATETIME_PARTS = ("epoch_days", "month", "dayofweek", "hour")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# Text columns: at least this share of numbers reads as numeric (the rest are strays) ...
+NUMERIC_SHARE = 0.95
+# ... below this share as categorical; in between is an error asking for data.column_types.
+CATEGORICAL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -38,21 +73,32 @@ class ColumnSpec:
         kind: numeric, categorical, boolean or datetime.
         input_type: MLflow signature type of the raw column (double, string, boolean, datetime).
         true_values: for booleans given as text, the tokens read as true.
+        date_format: for dates given as text, their strftime format (None: ISO 8601, which
+            is also what models saved before this field existed use).
     """
 
     name: str
     kind: ColumnKind
     input_type: str
     true_values: tuple[str, ...] = field(default_factory=tuple)
+    date_format: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["true_values"] = list(self.true_values)
+        if self.date_format is None:
+            del d["date_format"]  # model.json of other columns stays as it was
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ColumnSpec:
-        return cls(d["name"], d["kind"], d["input_type"], tuple(d.get("true_values", ())))
+        return cls(
+            d["name"],
+            d["kind"],
+            d["input_type"],
+            tuple(d.get("true_values", ())),
+            d.get("date_format"),
+        )
 
     @property
     def feature_names(self) -> list[str]:
@@ -66,35 +112,57 @@ def _tokens(series: pd.Series) -> set[str]:
     return {str(v).strip().lower() for v in series.dropna().unique()}
 
 
-def _to_datetime(values: pd.Series) -> pd.Series:
-    """ISO dates -> naive UTC timestamps; unparseable values become NaT.
+def number_share(series: pd.Series) -> tuple[float, list[Any]]:
+    """Share of a text column's non-missing values that read as numbers, and the others.
 
-    ``utc=True`` because text with mixed offsets otherwise raises even with errors="coerce".
+    Returns:
+        (share, the distinct values that are not numbers, most frequent first).
     """
-    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
-    return parsed.dt.tz_localize(None)
+    counts = series.value_counts(dropna=True)
+    if counts.empty:
+        return 1.0, []
+    values = pd.Series(counts.index.to_numpy(dtype=object))
+    _, bad = _numeric(values)
+    total = int(counts.sum())
+    strays = int(counts.to_numpy()[bad].sum())
+    return (total - strays) / total, values[bad].tolist()
+
+
+def infer(series: pd.Series) -> tuple[ColumnKind, str | None]:
+    """A column's kind and, for text dates, their format (see the module docstring).
+
+    Raises:
+        dates.AmbiguousDates: text dates whose day/month order the values do not tell.
+    """
+    if pd.api.types.is_bool_dtype(series):
+        return "boolean", None
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime", None
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric", None
+    values = series.dropna()
+    if values.empty:
+        return "categorical", None
+    tokens = _tokens(values)
+    if len(tokens) <= 2 and tokens <= (TRUE_TOKENS | FALSE_TOKENS) and not tokens <= {"0", "1"}:
+        return "boolean", None
+    is_date, fmt = dates.detect(values)
+    if is_date:
+        return "datetime", fmt
+    if is_text(series) and number_share(values)[0] >= NUMERIC_SHARE:
+        return "numeric", None
+    return "categorical", None
+
+
+def is_text(series: pd.Series) -> bool:
+    """Values of no declared type (object or string dtype): numbers in them are inferred.
+    A pandas categorical dtype says the values are categories, whatever they look like."""
+    return series.dtype == object or isinstance(series.dtype, pd.StringDtype)
 
 
 def infer_kind(series: pd.Series) -> ColumnKind:
-    """Infer a column's kind from its dtype and values."""
-    if pd.api.types.is_bool_dtype(series):
-        return "boolean"
-    if pd.api.types.is_datetime64_any_dtype(series):
-        return "datetime"
-    if pd.api.types.is_numeric_dtype(series):
-        return "numeric"
-    values = series.dropna()
-    if values.empty:
-        return "categorical"
-    tokens = _tokens(values)
-    if len(tokens) <= 2 and tokens <= (TRUE_TOKENS | FALSE_TOKENS) and not tokens <= {"0", "1"}:
-        return "boolean"
-    sample = values.astype(str).head(1000)
-    if sample.str.match(_ISO_DATE).mean() >= 0.95:
-        parsed = _to_datetime(sample)
-        if parsed.notna().mean() >= 0.95:
-            return "datetime"
-    return "categorical"
+    """Infer a column's kind from its dtype and values (``infer`` without the format)."""
+    return infer(series)[0]
 
 
 def input_type_for(series: pd.Series, kind: ColumnKind) -> str:
@@ -108,18 +176,22 @@ def input_type_for(series: pd.Series, kind: ColumnKind) -> str:
         return "boolean" if kind == "boolean" and not series.isna().any() else "string"
     if kind == "datetime" and pd.api.types.is_datetime64_any_dtype(series):
         return "datetime"
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if kind == "numeric" or (
+        pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    ):
         # Integers are declared as double so a missing value at serving time passes
-        # schema enforcement (an int column cannot hold NaN).
+        # schema enforcement (an int column cannot hold NaN); numbers given as text are
+        # stored as numbers (their strays missing).
         return "double"
     return "string"
 
 
-def make_spec(series: pd.Series, kind: ColumnKind) -> ColumnSpec:
+def make_spec(series: pd.Series, kind: ColumnKind, date_format: str | None = None) -> ColumnSpec:
     true_values: tuple[str, ...] = ()
     if kind == "boolean" and not pd.api.types.is_bool_dtype(series):
         true_values = tuple(sorted(_tokens(series) & TRUE_TOKENS))
-    return ColumnSpec(str(series.name), kind, input_type_for(series, kind), true_values)
+    fmt = date_format if kind == "datetime" else None
+    return ColumnSpec(str(series.name), kind, input_type_for(series, kind), true_values, fmt)
 
 
 # --------------------------------------------------------------------------------------
@@ -136,45 +208,72 @@ def _no_invalid(n: int) -> np.ndarray:
     return np.zeros(n, dtype=bool)
 
 
+def _finite(out: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Infinities are invalid numbers (training refuses them too): missing, and flagged."""
+    inf = np.isinf(out)
+    if inf.any():
+        out = np.where(inf, np.nan, out)
+        bad = bad | inf
+    return out, bad
+
+
 def _numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         out = values.to_numpy(dtype="float64", na_value=np.nan)
-        return out, _no_invalid(len(out))
+        return _finite(out, _no_invalid(len(out)))
     raw = values.to_numpy(dtype=object)
     try:
         out = raw.astype("float64")  # numbers, numeric text, None -> NaN
-        return out, _no_invalid(len(out))
-    except (TypeError, ValueError):
+        return _finite(out, _no_invalid(len(out)))
+    except (TypeError, ValueError, OverflowError):
         out = np.array(pd.to_numeric(values, errors="coerce"), dtype="float64")
         bad = np.isnan(out) & values.notna().to_numpy()
         # Same rules as one value at a time (the per-request path): pandas refuses some text
         # Python reads as a number ("1_000", "nan").
         for i in np.flatnonzero(bad):
-            out[i], ok = _number_of(raw[i])
+            out[i], ok = number_of(raw[i])
             bad[i] = not ok
-        return out, bad
+        return _finite(out, bad)
 
 
-def _mapped(values: pd.Series, fn, missing: Any, dtype: Any) -> np.ndarray:
-    """fn applied to each distinct non-missing value; missing values become ``missing``."""
+def read_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column's values as float64 (NaN for missing and invalid), and the invalid mask."""
+    return _numeric(values)
+
+
+def _mapped(values: pd.Series, fn, missing: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """fn (value -> (canonical, valid)) applied to each distinct non-missing value; missing
+    values become ``missing``. Returns the canonical values and the invalid mask."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     table = np.empty(len(uniques) + 1, dtype=dtype)
-    table[:-1] = [fn(u) for u in uniques]
+    ok = np.ones(len(uniques) + 1, dtype=bool)
+    for i, u in enumerate(uniques):
+        table[i], ok[i] = fn(u)
     table[-1] = missing
-    return table[codes]  # code -1 (missing) picks the last entry
+    return table[codes], ~ok[codes]  # code -1 (missing) picks the last entry
 
 
-def _bool_of(value: Any) -> float:
-    if isinstance(value, bool | np.bool_ | int | float | np.number):
-        return float(value)  # as a numeric column would give it
-    return _BOOL_VALUE.get(str(value).strip().lower(), np.nan)
+def bool_of(value: Any) -> tuple[float, bool]:
+    """(0/1 or NaN, valid) for one raw value of a boolean column."""
+    if is_missing(value):
+        return np.nan, True
+    if isinstance(value, bool | np.bool_):
+        return float(value), True
+    if isinstance(value, int | float | np.number):
+        number = float(value)
+        return (number, True) if number in (0.0, 1.0) else (np.nan, False)
+    number = _BOOL_VALUE.get(str(value).strip().lower())
+    return (np.nan, False) if number is None else (number, True)
 
 
 def _boolean(values: pd.Series, spec: ColumnSpec) -> tuple[np.ndarray, np.ndarray]:
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+    if pd.api.types.is_bool_dtype(values):
         return _numeric(values)
-    # Unknown tokens are read as missing (and imputed), like an unseen category.
-    return _mapped(values, _bool_of, np.nan, np.float64), _no_invalid(len(values))
+    if pd.api.types.is_numeric_dtype(values):
+        out = values.to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isnan(out) & (out != 0.0) & (out != 1.0)
+        return np.where(bad, np.nan, out), bad
+    return _mapped(values, bool_of, np.nan, np.float64)
 
 
 def _category_of(value: Any) -> str:
@@ -188,11 +287,15 @@ def _category_of(value: Any) -> str:
 
 
 def _categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    return _mapped(values, _category_of, MISSING, object), _no_invalid(len(values))
+    out, _ = _mapped(values, lambda v: (_category_of(v), True), MISSING, object)
+    return out, _no_invalid(len(values))
 
 
-def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    parsed = values if pd.api.types.is_datetime64_any_dtype(values) else _to_datetime(values)
+def _datetime(values: pd.Series, spec: ColumnSpec) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = dates.parse(values, spec.date_format)
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     invalid = parsed.isna().to_numpy() & values.notna().to_numpy()
@@ -209,18 +312,21 @@ def _datetime(values: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray]:
 SMALL_BATCH = 64
 
 
-def _is_missing(v: Any) -> bool:
-    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+def is_missing(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float | np.floating) and v != v)
 
 
-def _number_of(v: Any) -> tuple[float, bool]:
-    """(value, valid) for one raw value of a numeric column."""
+def number_of(v: Any) -> tuple[float, bool]:
+    """(value, valid) for one raw value of a numeric column (missing: NaN, valid)."""
+    if is_missing(v):
+        return np.nan, True
     if isinstance(v, bool | np.bool_):
         return float(v), True
     try:
-        return float(v), True
-    except (TypeError, ValueError):
+        number = float(v)
+    except (TypeError, ValueError, OverflowError):
         return np.nan, False
+    return (number, True) if not math.isinf(number) else (np.nan, False)
 
 
 def _coerce_small(
@@ -241,27 +347,21 @@ def _coerce_small(
         col = by_column[where[spec.name]]
         if spec.kind == "categorical":
             out[spec.name] = np.array(
-                [MISSING if _is_missing(v) else _category_of(v) for v in col], dtype=object
+                [MISSING if is_missing(v) else _category_of(v) for v in col], dtype=object
             )
-        elif spec.kind == "boolean":
-            out[spec.name] = np.array(
-                [np.nan if _is_missing(v) else _bool_of(v) for v in col], dtype=np.float64
-            )
-        else:
-            values, bad = [], []
-            for i, v in enumerate(col):
-                if _is_missing(v):
-                    values.append(np.nan)
-                    continue
-                number, ok = _number_of(v)
-                values.append(number)
-                if not ok:
-                    bad.append(i)
-            out[spec.name] = np.array(values, dtype=np.float64)
-            if bad:
-                mask = np.zeros(len(col), dtype=bool)
-                mask[bad] = True
-                invalid[spec.name] = mask
+            continue
+        read = bool_of if spec.kind == "boolean" else number_of
+        values, bad = [], []
+        for i, v in enumerate(col):
+            value, ok = read(v)
+            values.append(value)
+            if not ok:
+                bad.append(i)
+        out[spec.name] = np.array(values, dtype=np.float64)
+        if bad:
+            mask = np.zeros(len(col), dtype=bool)
+            mask[bad] = True
+            invalid[spec.name] = mask
     return out, invalid
 
 
@@ -286,7 +386,7 @@ def coerce_arrays(
         elif spec.kind == "categorical":
             out[spec.name], bad = _categorical(values)
         else:
-            parts, bad = _datetime(values)
+            parts, bad = _datetime(values, spec)
             for part, arr in parts.items():
                 out[f"{spec.name}__{part}"] = arr
         if bad.any():

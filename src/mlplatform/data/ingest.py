@@ -22,21 +22,78 @@ from mlplatform.io import file_md5, write_json, write_parquet
 log = logging.getLogger(__name__)
 
 
+DELIMITERS = ",;\t|"
+_SAMPLE_BYTES = 1 << 16
+
+
 def _duplicates(names: list[str]) -> list[str]:
     return [name for name, n in Counter(names).items() if n > 1]
 
 
-def _header_names(path: Path) -> list[str]:
+def _sample_lines(path: Path) -> list[str]:
+    with open(path, "rb") as fh:
+        sample = fh.read(_SAMPLE_BYTES)
+    try:
+        text = sample.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if len(sample) < _SAMPLE_BYTES or exc.start < len(sample) - 4:  # not a cut character
+            byte = sample[exc.start : exc.start + 1]
+            raise DataValidationError(
+                f"{path}: not UTF-8 text (byte {exc.start}: {byte!r}); save it as UTF-8, "
+                "e.g. iconv -f latin1 -t utf-8"
+            ) from None
+        text = sample[: exc.start].decode("utf-8-sig")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(sample) == _SAMPLE_BYTES:
+        lines = lines[:-1]  # the last line may be cut
+    return lines[:50]
+
+
+def _field_counts(lines: list[str], delimiter: str) -> list[int]:
+    return [len(row) for row in csv.reader(lines, delimiter=delimiter)]
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The field delimiter of a CSV file (one of , ; tab |), from its first lines.
+
+    A delimiter counts when it splits the header into several fields and every sampled line
+    into as many; a comma wins ties (it is what CSV means), then ``csv.Sniffer`` decides.
+
+    Raises:
+        DataValidationError: the start of the file is not UTF-8 text.
+    """
+    lines = _sample_lines(path)
+    if not lines:
+        return ","
+    consistent = {}
+    for delimiter in DELIMITERS:
+        counts = _field_counts(lines, delimiter)
+        if counts[0] > 1 and len(set(counts)) == 1:
+            consistent[delimiter] = counts[0]
+    if "," in consistent or not consistent:
+        return ","
+    if len(consistent) == 1:
+        return next(iter(consistent))
+    try:
+        sniffed = csv.Sniffer().sniff("\n".join(lines), delimiters="".join(consistent))
+        return sniffed.delimiter
+    except csv.Error:
+        return max(consistent, key=lambda d: consistent[d])
+
+
+def _header_names(path: Path, delimiter: str = ",") -> list[str]:
     if path.suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        return next(csv.reader(fh), [])
+        return next(csv.reader(fh, delimiter=delimiter), [])
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
     """Read a CSV or Parquet file, refusing anything pandas would silently repair.
+
+    A CSV file's delimiter (, ; tab or |) is detected (``sniff_delimiter``).
 
     Raises:
         DataValidationError: missing, unreadable, empty, or with duplicate column names.
@@ -51,14 +108,18 @@ def read_table(path: Path | str) -> pd.DataFrame:
         raise DataValidationError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: file is empty")
+    delimiter = sniff_delimiter(path) if suffix == ".csv" else ","
     try:
-        names = _header_names(path)
+        names = _header_names(path, delimiter)
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise DataValidationError(f"{path}: cannot read file ({_reason(exc)})") from None
     if dup := _duplicates([str(n) for n in names]):
         raise DataValidationError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
     try:
-        frame = pd.read_csv(path, low_memory=False) if suffix == ".csv" else pd.read_parquet(path)
+        if suffix == ".csv":
+            frame = pd.read_csv(path, sep=delimiter, low_memory=False)
+        else:
+            frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"{path}: file is empty") from None
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file

@@ -14,8 +14,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from mlplatform.config import SPLITS, Params, Paths
-from mlplatform.data import validate
-from mlplatform.data.columns import ColumnSpec
+from mlplatform.data import dates, validate
+from mlplatform.data.columns import ColumnSpec, read_numbers
 from mlplatform.data.dataset import DatasetSchema
 from mlplatform.data.ingest import describe_source
 from mlplatform.errors import DataValidationError
@@ -38,11 +38,8 @@ def conform_types(frame: pd.DataFrame, specs: list[ColumnSpec]) -> pd.DataFrame:
         if isinstance(col.dtype, pd.CategoricalDtype):
             col = col.astype(object).where(col.notna(), None)
         if s.input_type == "double":
-            col = (
-                pd.to_numeric(col, errors="coerce").astype("float64")
-                if col.dtype == object
-                else col.astype("float64")
-            )
+            # Numbers given as text: the strays (reported by prepare) become missing.
+            col = pd.Series(read_numbers(col)[0], index=col.index, name=s.name)
         elif s.input_type == "string":
             if not isinstance(col.dtype, pd.StringDtype) and not (
                 col.dtype == object and col.map(lambda v: v is None or isinstance(v, str)).all()
@@ -77,9 +74,17 @@ def _integral_target(frame: pd.DataFrame, target: str) -> pd.DataFrame:
 
 
 def split_frame(
-    frame: pd.DataFrame, params: Params, stratify: pd.Series | None, origin: str = "data"
+    frame: pd.DataFrame,
+    params: Params,
+    stratify: pd.Series | None,
+    origin: str = "data",
+    time_format: str | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Split into train/validation/test: by time when data.time_column is set, else stratified."""
+    """Split into train/validation/test: by time when data.time_column is set, else stratified.
+
+    Args:
+        time_format: how a time column given as text is written (None: ISO 8601).
+    """
     fractions = params.data.split
     n = len(frame)
     if params.data.time_column is not None:
@@ -88,7 +93,7 @@ def split_frame(
         if not pd.api.types.is_numeric_dtype(when) and not pd.api.types.is_datetime64_any_dtype(
             when
         ):
-            when = pd.to_datetime(when, format="ISO8601")  # dates given as text
+            when = dates.parse(when, time_format)  # dates given as text
         order = when.sort_values(kind="mergesort").index
         ordered = frame.loc[order]
         times = when.loc[order].to_numpy()
@@ -148,10 +153,19 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
     typed_cols = list(dict.fromkeys([*feature_cols, *data.column_types]))
     specs_all = validate.infer_specs(frame, typed_cols, data, origin)
     specs = [s for s in specs_all if s.name in feature_cols]
+    time_format = None
     if data.time_column:
         (time_spec,) = validate.infer_specs(frame, [data.time_column], data, origin)
         validate.check_time_column(frame, time_spec, origin)
-    validate.check_leakage(frame, feature_cols, data.target, origin)
+        time_format = time_spec.date_format
+    specs, dropped = _drop_unused(frame, specs, data)
+    if not specs:
+        raise DataValidationError(
+            f"{origin}: no feature columns left to train on (dropped: {', '.join(dropped)})"
+        )
+    frame = frame.drop(columns=list(dropped))
+    validate.check_leakage(frame, [s.name for s in specs], data.target, origin)
+    invalid = _strays(frame, specs, origin)
     frame = conform_types(frame, specs)
 
     before = len(frame)
@@ -160,7 +174,7 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
     classes = validate.check_target(frame, data, origin)
 
     stratify = None if data.time_column else frame[data.target].astype(str)
-    parts = split_frame(frame, params, stratify, origin)
+    parts = split_frame(frame, params, stratify, origin, time_format)
     for name, part in parts.items():
         if part.empty:
             raise DataValidationError(f"{origin}: the {name} split is empty")
@@ -189,6 +203,8 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
         "duplicates_removed": duplicates,
         "n_features": len(specs),
         "column_types": {s.name: s.kind for s in specs},
+        "dropped_columns": dropped,
+        "invalid_values": invalid,
         "class_balance": {
             name: {
                 str(c): round(float((part[data.target].astype(str) == str(c)).mean()), 6)
@@ -207,6 +223,57 @@ def build(params: Params, raw: pd.DataFrame, origin: str) -> tuple[dict, Dataset
             for name, part in parts.items()
         }
     return parts, schema, summary
+
+
+def _drop_unused(
+    frame: pd.DataFrame, specs: list[ColumnSpec], data
+) -> tuple[list[ColumnSpec], dict[str, str]]:
+    """Feature columns minus constants and identifiers (unless data.column_types names them).
+
+    Returns:
+        The kept specs, and column -> why it was dropped.
+    """
+    kept, dropped = [], {}
+    for spec in specs:
+        why = None
+        if data.declared_kind(spec.name) is None:
+            why = validate.unused_column(frame[spec.name], spec)
+        if why is None:
+            kept.append(spec)
+            continue
+        dropped[spec.name] = why
+        if "identifier" in why:
+            log.warning(
+                "column '%s' %s: dropped (name it in data.column_types to keep it)",
+                spec.name,
+                why,
+            )
+        else:
+            log.info("column '%s' %s: dropped, it cannot inform the model", spec.name, why)
+    return kept, dropped
+
+
+def _strays(frame: pd.DataFrame, specs: list[ColumnSpec], origin: str) -> dict[str, Any]:
+    """Values a column's kind cannot read: counted, shown, and missing in the splits."""
+    found: dict[str, Any] = {}
+    for spec in specs:
+        bad = validate.invalid_values(frame[spec.name], spec)
+        if bad.empty:
+            continue
+        examples = [str(v) for v in pd.unique(bad.astype(str))[:5]]
+        found[spec.name] = {"count": len(bad), "examples": examples}
+        log.warning(
+            "%s: column '%s' (%s): %d of %d values cannot be read as %s (e.g. %s); they are "
+            "treated as missing (reports/data_summary.json: invalid_values)",
+            origin,
+            spec.name,
+            spec.kind,
+            len(bad),
+            int(frame[spec.name].notna().sum()),
+            "numbers" if spec.kind == "numeric" else "dates",
+            ", ".join(map(repr, examples[:3])),
+        )
+    return found
 
 
 def read_raw(paths: Paths) -> pd.DataFrame:

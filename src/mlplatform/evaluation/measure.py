@@ -39,18 +39,31 @@ class Figures:
     lineage_problems: list[str] = field(default_factory=list)  # see registry/lineage.py
 
 
-def measure(
-    uri: str, version: str, schema: DatasetSchema, test: pd.DataFrame
-) -> tuple[Figures, Any]:
-    """Load a model by URI and score it on the test split.
+def load(uri: str, version: str) -> tuple[Figures, Any]:
+    """Load a model by URI, refusing anything but our own format.
 
     Returns:
-        The figures, and the loaded model (None when it failed to load or score, which the
-        figures then say).
+        Its figures so far, and the model (None when it failed to load, which the figures
+        then say).
     """
     fig = Figures(version=version)
     try:
-        model = model_format.load_pyfunc(uri)  # refuses anything but our own format
+        return fig, model_format.load_pyfunc(uri)
+    except Exception as exc:
+        _failed(fig, exc)
+        return fig, None
+
+
+def _failed(fig: Figures, exc: Exception) -> None:
+    fig.loaded = False
+    fig.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def score(fig: Figures, model: Any, schema: DatasetSchema, test: pd.DataFrame) -> Figures:
+    """Fill in a loaded model's figures on these test rows (a failure to score is recorded)."""
+    if model is None:
+        return fig
+    try:
         out = model.predict(test[schema.feature_names])
         proba = model_format.probabilities(out, schema.classes)
         lookup = {str(c): i for i, c in enumerate(schema.classes)}
@@ -58,9 +71,8 @@ def measure(
         if np.isnan(pred.astype(float)).any():
             raise ValueError("predicted classes outside the training classes")
     except Exception as exc:
-        fig.loaded = False
-        fig.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        return fig, None
+        _failed(fig, exc)
+        return fig
     y = schema.encode_target(test[schema.target]).to_numpy()
     report = evaluate_metrics(y, proba, schema.classes, None, pred=pred.astype(np.int64))
     fig.metrics = {
@@ -71,7 +83,21 @@ def measure(
     fig.prediction_distribution = {
         str(c): float(np.mean(pred == i)) for i, c in enumerate(schema.classes)
     }
-    return fig, model
+    return fig
+
+
+def measure(
+    uri: str, version: str, schema: DatasetSchema, test: pd.DataFrame
+) -> tuple[Figures, Any]:
+    """Load a model by URI and score it on the test split.
+
+    Returns:
+        The figures, and the loaded model (None when it failed to load or score, which the
+        figures then say).
+    """
+    fig, model = load(uri, version)
+    score(fig, model, schema, test)
+    return fig, model if fig.loaded else None
 
 
 def latencies(models: list[Any], rows: pd.DataFrame, repeats: int) -> list[float]:

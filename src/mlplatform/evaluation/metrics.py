@@ -14,7 +14,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from mlplatform.config import ThresholdConfig
+from mlplatform.config import TUNE_METRICS, ThresholdConfig
 from mlplatform.errors import ConfigError
 
 
@@ -89,6 +89,8 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("balanced_accuracy", balanced_accuracy, "maximize"),
     )
 }
+# params.yaml is checked against config.TUNE_METRICS at load (config cannot import this).
+assert tuple(OBJECTIVES) == TUNE_METRICS, "config.TUNE_METRICS must list OBJECTIVES"
 
 
 def objective(name: str) -> Objective:

@@ -3,7 +3,9 @@
 The model (preprocessing and estimator) predicts from raw records, gives the predicted class
 at the decision threshold chosen on validation data and the class probabilities, and loads
 without unpickling anything (see ``model_format``). A local copy of exactly what was logged
-is kept under models/model as a DVC output.
+is kept under models/model as a DVC output. The run also records what the model was fit on:
+the fingerprints of its training and validation rows (``lineage/fit_rows.parquet``, see
+``data.fingerprints``), which the promotion gate leaves out when it compares versions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sklearn.compose import ColumnTransformer
 
 from mlplatform import model_format
 from mlplatform.config import Params, Paths
+from mlplatform.data import fingerprints
 from mlplatform.data.dataset import DatasetSchema, load_schema, load_split
 from mlplatform.errors import ModelError
 from mlplatform.evaluation.metrics import choose_threshold, validation_metrics
@@ -93,7 +96,10 @@ def signature(schema: DatasetSchema) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec(s.input_type, s.name) for s in schema.features])
+    # Not required: MLflow would answer a missing column (or an empty list) itself, with a
+    # dump of the request; the model's own check answers in one line instead. Types are
+    # still enforced by MLflow for the columns that are present.
+    inputs = Schema([ColSpec(s.input_type, s.name, required=False) for s in schema.features])
     kinds = {type(c) for c in schema.classes}
     pred_type = _PRED_TYPE.get(kinds.pop(), "string") if len(kinds) == 1 else "string"
     outputs = Schema(
@@ -192,6 +198,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     schema = load_schema(paths)
     train, valid = load_split(paths, "train"), load_split(paths, "validation")
     fitted = fit(params, schema, train, valid, family, hp)
+    # What the model was fit on, so a later gate does not grade it on these rows.
+    fit_rows = np.unique(
+        fingerprints.fingerprints(pd.concat([train, valid]), schema.features, schema.target)
+    )
     client, exp_id = tracking.setup(params)
     tags = tracking.lineage(
         params,
@@ -199,6 +209,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         {s: paths.split(s) for s in FIT_SPLITS},
         upstream=("ingest", "prepare", "tune"),
     )
+    tags["mlplatform.fit_rows"] = str(len(fit_rows))
     tags.update(
         {
             "mlplatform.stage": "train",
@@ -240,6 +251,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             mlflow.log_metric("threshold", fitted.threshold)
         info = log_model(fitted, schema, example, valid[schema.feature_names])
         with tempfile.TemporaryDirectory() as tmp:
+            rows_file = Path(tmp) / fingerprints.ARTIFACT_FILE
+            fingerprints.write(rows_file, fit_rows)
+            mlflow.log_artifact(str(rows_file), artifact_path=fingerprints.ARTIFACT_DIR)
+        with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp)
             diff = verify(Path(local), fitted, schema, valid)
             with atomic_dir(paths.model) as staged:
@@ -259,6 +274,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "threshold": fitted.threshold,
         "threshold_rule": params.train.threshold.rule,
         "valid_metrics": fitted.valid_metrics,
+        "fit_rows": len(fit_rows),
     }
     write_json(paths.train_report, report)
     log.info("trained %s; run %s; model %s", family, run_id, info.model_uri)

@@ -2,16 +2,23 @@
 
 Nothing here touches MLflow; ``promote.py`` measures the figures and applies the decision.
 
+Both models are measured only on test rows neither was trained or validated on (see
+``registry.fit_rows``); the ``comparison_rows`` rule records how many that left.
+
 Decision order:
 
-1. reject if the candidate failed to load or score, lacks a model card or explanations (when
-   required), misses an absolute floor, fails a fairness limit, or (with a champion) its
-   primary metric drops by more than ``reject_drop`` (relative);
-2. with no champion (first model): approve (only the absolute checks apply);
-3. manual review if the gain is suspiciously large, latency rises by ``max_latency_increase``
+1. reject if the candidate failed to load or score (a version that is not one of ours is
+   refused unread), lacks a model card or explanations (when required);
+2. with a champion and fewer compared rows than ``min_compare_rows``: manual review (the
+   figures are recorded but too few rows to judge them);
+3. reject if the candidate misses an absolute floor, fails a fairness limit, or (with a
+   champion) its primary metric drops by more than ``reject_drop`` (relative);
+4. with no champion (first model): approve (only the absolute checks apply; no rows to
+   measure on at all is manual review);
+5. manual review if the gain is suspiciously large, latency rises by ``max_latency_increase``
    or more, predictions shift by ``max_prediction_shift`` or more, or the champion cannot be
    scored on the current data;
-4. approve if the primary metric improves by ``approve_gain`` or more, or stays within
+6. approve if the primary metric improves by ``approve_gain`` or more, or stays within
    ``tie_band`` while a secondary metric improves; otherwise manual review.
 """
 
@@ -22,6 +29,7 @@ from typing import Any, Literal
 
 from mlplatform.config import PromotionConfig
 from mlplatform.evaluation.measure import Figures
+from mlplatform.registry.fit_rows import Comparison
 
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 # Thresholds compare with a little slack, so a drop of exactly 2.0% is not read as 2.0000001%.
@@ -238,12 +246,67 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
     return rules
 
 
-def decide(candidate: Figures, champion: Figures | None, cfg: PromotionConfig) -> Verdict:
-    """The promotion decision and the outcome of every rule."""
+# Failures that stand however few rows were compared.
+_UNCONDITIONAL = ("loads_and_scores", "model_card", "explanations")
+
+
+def comparison_rules(cmp: Comparison, cfg: PromotionConfig, has_champion: bool) -> list[Rule]:
+    """How many test rows the figures come from, and whether that is enough to decide on."""
+    enough = cmp.compared_rows >= cfg.min_compare_rows or not has_champion
+    if not cmp.compared_rows:
+        enough = False
+    detail = f"compared on {cmp.compared_rows} of {cmp.test_rows} test rows: {cmp.why()}"
+    if not enough:
+        detail += (
+            f"; below promotion.min_compare_rows ({cfg.min_compare_rows}): too few rows new to "
+            "the models to judge them, a person must compare"
+            if cmp.compared_rows
+            else "; nothing left to measure on: a person must compare"
+        )
+    rules = [
+        Rule(
+            "comparison_rows",
+            "pass" if enough else "review",
+            detail,
+            float(cmp.compared_rows),
+            float(cfg.min_compare_rows),
+        )
+    ]
+    if cmp.unrecorded:
+        rules.append(
+            Rule(
+                "fit_rows_recorded",
+                "info",
+                f"{', '.join(cmp.unrecorded)}: no record of the rows it was fit on (registered "
+                "before they were recorded); compared on rows that may include its training rows",
+            )
+        )
+    return rules
+
+
+def decide(
+    candidate: Figures,
+    champion: Figures | None,
+    cfg: PromotionConfig,
+    comparison: Comparison | None = None,
+) -> Verdict:
+    """The promotion decision and the outcome of every rule.
+
+    Args:
+        comparison: the rows both were measured on (None: not recorded, no floor applies).
+    """
     rules = check_candidate(candidate, cfg)
+    if comparison is not None:
+        rules += comparison_rules(comparison, cfg, champion is not None)
     failed = [r for r in rules if r.outcome == "fail"]
-    if failed:
+    too_few = [r for r in rules if r.name == "comparison_rows" and r.outcome == "review"]
+    # Too few rows to judge by: only failures that do not depend on them reject.
+    if failed and (not too_few or any(r.name in _UNCONDITIONAL for r in failed)):
         return Verdict("reject", "; ".join(r.detail for r in failed), rules)
+    if too_few:
+        if champion is not None and comparison is not None and comparison.compared_rows:
+            rules += compare(candidate, champion, cfg)  # recorded, not decided on
+        return Verdict("review", too_few[0].detail, rules)
     if champion is None:
         return Verdict("approve", "first model: absolute checks pass", rules)
     rules += compare(candidate, champion, cfg)

@@ -1,8 +1,9 @@
 """Promote, review, roll back: the commands that move a version through the registry.
 
-``promote`` measures the candidate and the current champion now, on the current test split
-(so the comparison is fair), asks ``gates.decide`` and applies the verdict under the
-registry lock. Every step leaves a record (``registry_events.record_event``).
+``promote`` measures the candidate and the current champion now, on the rows of the current
+test split that neither was trained or validated on (so the comparison is fair; see
+``fit_rows``), asks ``gates.decide`` and applies the verdict under the registry lock.
+Every step leaves a record (``registry_events.record_event``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from mlplatform import locks, tracking
 from mlplatform.config import Params, Paths
 from mlplatform.data.dataset import load_schema, load_split
 from mlplatform.errors import RegistryError
-from mlplatform.evaluation.measure import Figures, latencies, measure
+from mlplatform.evaluation import measure
+from mlplatform.evaluation.measure import Figures
 from mlplatform.io import read_json, write_json
-from mlplatform.registry import gates, lineage, versions
+from mlplatform.registry import fit_rows, gates, lineage, versions
 from mlplatform.registry.events import CardStore, record_event
 from mlplatform.registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
@@ -82,19 +84,29 @@ def promote(
             }
             write_json(paths.promotion, payload)
             return payload
-        cand, cand_model = measure(f"models:/{name}/{version}", version, schema, test)
+        cand, cand_model = measure.load(f"models:/{name}/{version}", version)
         _attachments(cand, client, mv.run_id, cards)
         cand.lineage_problems = lineage.problems(lineage.gather(client, params, name, version))
-        champ = None
+        models = {f"candidate v{version}": (cand_model, fit_rows.download(mv.run_id))}
+        champ = champ_model = None
         if champion is not None:
-            champ, champ_model = measure(f"models:/{name}/{champion}", champion, schema, test)
-            _attachments(champ, client, versions.get_version(client, name, champion).run_id, cards)
-            if cand_model is not None and champ_model is not None:
-                sample = test[schema.feature_names].head(200)
-                cand.latency_ms, champ.latency_ms = latencies(
-                    [cand_model, champ_model], sample, cfg.latency_repeats
-                )
-        verdict = gates.decide(cand, champ, cfg)
+            champ_run = versions.get_version(client, name, champion).run_id
+            champ, champ_model = measure.load(f"models:/{name}/{champion}", champion)
+            _attachments(champ, client, champ_run, cards)
+            models[f"champion v{champion}"] = (champ_model, fit_rows.download(champ_run))
+        # Neither model is graded on rows it was trained or validated on.
+        keep, comparison = fit_rows.select(test, schema.target, models, cfg.min_compare_rows)
+        rows = test[keep].reset_index(drop=True)
+        if len(rows):
+            measure.score(cand, cand_model, schema, rows)
+            if champ is not None:
+                measure.score(champ, champ_model, schema, rows)
+        if champ is not None and cand.loaded and champ.loaded:
+            sample = test[schema.feature_names].head(200)
+            cand.latency_ms, champ.latency_ms = measure.latencies(
+                [cand_model, champ_model], sample, cfg.latency_repeats
+            )
+        verdict = gates.decide(cand, champ, cfg, comparison)
         record = {
             "action": "promote",
             "model_name": name,
@@ -106,6 +118,7 @@ def promote(
             "champion_before": champion,
             "candidate": asdict(cand),
             "champion": None if champ is None else asdict(champ),
+            "comparison": comparison.to_dict(),
             "dry_run": dry_run,
         }
         after = dict(before)

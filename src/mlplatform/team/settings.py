@@ -129,7 +129,7 @@ def resolve(
             values[name] = value
             source[name] = f"--{name.replace('_', '-')}"
     try:
-        return ServerSettings.model_validate(values)
+        return ServerSettings.model_validate(values, strict=False)  # env values are strings
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "server"

@@ -58,11 +58,20 @@ def setup(params: Params) -> tuple[Any, str]:
 
     Returns:
         (MlflowClient, experiment id).
+
+    Raises:
+        ConfigError: MLFLOW_TRACKING_URI names a store MLflow cannot use.
     """
     import mlflow
     from mlflow import MlflowClient
 
+    import mlplatform
+    from mlplatform.config import tracking_uri_problem
+    from mlplatform.errors import ConfigError
+
     uri = tracking_uri(params)
+    if mlplatform.USER_TRACKING_URI and (problem := tracking_uri_problem(uri)):
+        raise ConfigError(f"MLFLOW_TRACKING_URI: {problem}")  # params.yaml's is checked at load
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri(params))
     client = MlflowClient()

@@ -260,3 +260,138 @@ def test_concurrent_promotions_leave_one_champion_and_full_history(project):
     assert final["champion"] == second["champion_after"]
     champions = [v for v in ("1", "2") if "champion" in client.get_model_version(name, v).aliases]
     assert champions == [final["champion"]]
+
+
+# --------------------------------------------------------------------------------------
+# A gate that grades fairly (issue 11): after a change of seed, the new test split holds
+# rows the champion was trained or validated on.
+
+
+def _fit_rows(project: Path, name: str, version: str):
+    import tempfile
+
+    import mlflow
+
+    from mlplatform.data import fingerprints
+
+    run_id = client_for(project).get_model_version(name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=fingerprints.ARTIFACT,
+            dst_path=tmp,
+            tracking_uri=f"sqlite:///{project / 'mlflow.db'}",
+        )
+        return fingerprints.read(Path(local))
+
+
+def test_champion_is_not_graded_on_the_rows_it_was_fit_on(project):
+    import mlflow
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    from mlplatform import model_format
+    from mlplatform.data import fingerprints
+    from support.project import tracking_uri
+
+    champion = aliases(project)["champion"]
+    set_params(project, {**TREES, **RELAXED, "seed": 7})  # a new split of the same data
+    run_stages(project, "prepare", *RETRAIN)
+    result = promote(project)
+    candidate = result["candidate_version"]
+    cmp = result["comparison"]
+    test = pd.read_parquet(project / "data/prepared/test.parquet")
+    mlflow.set_tracking_uri(tracking_uri(project))
+    champ = model_format.load_pyfunc(f"models:/{NAME}/{champion}")
+    specs = champ._model_impl.specs
+    seen = fingerprints.seen(
+        fingerprints.fingerprints(test, specs, "deny"), _fit_rows(project, NAME, champion)
+    )
+    assert seen.sum() > 0.5 * len(test), "a new seed puts the champion's fit rows in test"
+    assert cmp["test_rows"] == len(test)
+    assert cmp["excluded_by"][f"champion v{champion}"] == seen.sum()
+    assert cmp["compared_rows"] <= len(test) - seen.sum()
+    assert cmp["compared_rows"] < 200  # default promotion.min_compare_rows
+    assert result["decision"] == "review"
+    assert "promotion.min_compare_rows (200)" in result["reason"]
+    assert f"champion v{champion} was fit on {seen.sum()}" in result["reason"]
+    rules = {r["name"]: r for r in result["rules"]}
+    assert rules["comparison_rows"]["outcome"] == "review"
+    # The champion's figures come from the compared rows only, not from its training rows.
+    cand_seen = fingerprints.seen(
+        fingerprints.fingerprints(test, specs, "deny"), _fit_rows(project, NAME, candidate)
+    )
+    fresh = test[~seen & ~cand_seen]
+    assert len(fresh) == cmp["compared_rows"]
+    proba = champ.predict(fresh.drop(columns=["deny", "afam"]))["probability_yes"]
+    honest = average_precision_score(fresh["deny"] == "yes", proba)
+    recorded = result["champion"]["metrics"]["average_precision"]
+    assert recorded == pytest.approx(honest, abs=1e-12)
+    everywhere = champ.predict(test.drop(columns=["deny", "afam"]))["probability_yes"]
+    graded_before = average_precision_score(test["deny"] == "yes", everywhere)
+    print(
+        f"champion v{champion} AP: all {len(test)} test rows {graded_before:.4f}, the "
+        f"{len(fresh)} rows new to both {honest:.4f} ({cmp['excluded_by']})"
+    )
+    # The audit record and the version's tags say the same.
+    last = history(project)[-1]
+    assert last["comparison"]["compared_rows"] == cmp["compared_rows"]
+    assert last["decision"] == "review"
+    tags = client_for(project).get_model_version(NAME, candidate).tags
+    assert "comparison_rows" in tags["promotion.rules"]
+    assert tags["mlplatform.fit_rows"] == str(len(_fit_rows(project, NAME, candidate)))
+    # With a lower floor the gate decides, on the same honest rows.
+    other = project / "params-floor.yaml"
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["promotion"]["min_compare_rows"] = 20
+    other.write_text(yaml.safe_dump(raw))
+    run_cli(project, "promote", "--params", str(other), "--version", candidate, "--dry-run")
+    decided = json.loads((project / "reports/promotion.json").read_text())
+    assert {r["name"]: r["outcome"] for r in decided["rules"]}["comparison_rows"] == "pass"
+    assert decided["champion"]["metrics"]["average_precision"] == pytest.approx(honest, abs=1e-12)
+
+
+def test_versions_without_recorded_fit_rows_and_hostile_versions(project, tmp_path):
+    """A champion registered before fit rows were recorded is compared on all rows, and the
+    record says so; a version carrying a pickled python_model is rejected unread."""
+    import mlflow
+
+    from support.project import ROOT, tracking_uri
+
+    client = client_for(project)
+    mlflow.set_tracking_uri(tracking_uri(project))
+    name = "legacy"
+    client.create_registered_model(name)
+    exp = client.get_experiment_by_name("credit-risk").experiment_id
+    old_run = client.create_run(exp, run_name="release-0.1.0")
+    client.log_artifacts(old_run.info.run_id, str(ROOT / "tests/fixtures/model_v0_1_0"), "model")
+    client.set_terminated(old_run.info.run_id)
+    client.create_model_version(name, f"runs:/{old_run.info.run_id}/model", old_run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    current = client.get_model_version(NAME, "3")
+    client.create_model_version(name, current.source, current.run_id, tags=current.tags)
+
+    class Pickled(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[str]) -> list[str]:
+            return model_input
+
+    with mlflow.start_run(experiment_id=exp) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Pickled(), pip_requirements=[])
+    client.create_model_version(name, info.model_uri, run.info.run_id)
+
+    other = project / "params-legacy.yaml"
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["registry"]["model_name"] = name
+    other.write_text(yaml.safe_dump(raw))
+    run_cli(project, "promote", "--params", str(other), "--version", "2", "--dry-run")
+    result = json.loads((project / "reports/promotion.json").read_text())
+    cmp = result["comparison"]
+    assert cmp["unrecorded"] == ["champion v1"] and "could not be left out" in cmp["why"]
+    flag = next(r for r in result["rules"] if r["name"] == "fit_rows_recorded")
+    assert flag["outcome"] == "info" and "champion v1" in flag["detail"]
+    assert result["champion"]["loaded"] is True
+
+    run_cli(project, "promote", "--params", str(other), "--version", "3", "--dry-run")
+    hostile = json.loads((project / "reports/promotion.json").read_text())
+    assert hostile["decision"] == "reject"
+    assert "models:/legacy/3: refused" in hostile["reason"]

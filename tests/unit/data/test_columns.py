@@ -35,7 +35,11 @@ from mlplatform.data.columns import (
         (["2024-01-05", "2023-12-31", None], "datetime"),
         (["2024-01-05T10:30:00", "2024-02-01T00:00:00"], "datetime"),
         (["red", "green", "blue"], "categorical"),
-        (["0", "1"], "categorical"),  # text 0/1 codes stay categories, not booleans
+        (["0", "1"], "numeric"),  # text 0/1 codes are numbers, not booleans
+        (["1.5", "2", "abc"] + ["3.25"] * 97, "numeric"),  # 99% numbers: "abc" is a stray
+        (["1.5", "abc", "def", "ghi"], "categorical"),  # 25% numbers
+        (["03/15/2020", "12/01/2021", None], "datetime"),  # MM/DD/YYYY
+        (["15.03.2020", "01.12.2021"], "datetime"),  # DD.MM.YYYY
         (["yes", "no", "maybe"], "categorical"),
         ([None, None], "categorical"),
     ],
@@ -134,15 +138,77 @@ def test_huge_integral_float_categories_stay_distinct():
     assert out["c"].iloc[0] != out["c"].iloc[1]
 
 
-def test_yes_no_booleans_become_one_and_zero_and_unknown_tokens_nan():
+def test_yes_no_booleans_become_one_and_zero_and_unknown_tokens_are_invalid():
     spec = make_spec(pd.Series(["yes", "no"], name="b"), "boolean")
     frame = pd.DataFrame({"b": ["yes", "no", " YES ", "No", "maybe", None]})
     out, invalid = coerce(frame, [spec])
     values = out["b"].to_numpy()
     assert values[:4].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert np.isnan(values[4])
-    assert np.isnan(values[5])
-    assert invalid == {}
+    assert np.isnan(values[5])  # missing stays missing (valid)
+    assert invalid["b"].tolist() == [False, False, False, False, True, False]
+
+
+BOOLEAN_CASES = [
+    (True, 1.0, True),
+    (False, 0.0, True),
+    (1, 1.0, True),
+    (0.0, 0.0, True),
+    ("1", 1.0, True),
+    ("true", 1.0, True),
+    ("N", 0.0, True),
+    (None, None, True),
+    (np.nan, None, True),
+    (5, None, False),
+    (0.5, None, False),
+    ("5", None, False),
+    ("maybe", None, False),
+    ("", None, False),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 100], ids=["per-request", "batch"])
+def test_boolean_columns_accept_only_what_training_accepts(batch):
+    """A number in a yes/no column was read as a 5.0 feature and "5" as missing: both invalid."""
+    from mlplatform.data.columns import coerce_arrays
+
+    spec = ColumnSpec("b", "boolean", "string", ("yes",))
+    raw = pd.Series([v for v, _, _ in BOOLEAN_CASES] * batch, dtype=object)
+    out, invalid = coerce_arrays(pd.DataFrame({"b": raw}), [spec])
+    n = len(BOOLEAN_CASES)
+    bad = invalid.get("b", np.zeros(len(raw), dtype=bool))[:n]
+    assert bad.tolist() == [not ok for _, _, ok in BOOLEAN_CASES]
+    for (value, expected, _), got in zip(BOOLEAN_CASES, out["b"][:n], strict=True):
+        assert np.isnan(got) if expected is None else got == expected, value
+
+
+@pytest.mark.parametrize("batch", [1, 100], ids=["per-request", "batch"])
+def test_numbers_in_a_boolean_column_of_numeric_dtype_must_be_0_or_1(batch):
+    spec = ColumnSpec("b", "boolean", "double")
+    frame = pd.DataFrame({"b": [1.0, 0.0, 5.0, np.nan] * batch})
+    out, invalid = coerce(frame, [spec])
+    assert invalid["b"][:4].tolist() == [False, False, True, False]
+    assert out["b"][:2].tolist() == [1.0, 0.0] and out["b"][2:4].isna().all()
+
+
+@pytest.mark.parametrize("batch", [1, 100], ids=["per-request", "batch"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame({"n": [1.0, np.inf, -np.inf, np.nan]}),
+        pd.DataFrame({"n": ["1", "Infinity", "-inf", None]}, dtype=object),
+        pd.DataFrame({"n": [1, "1e999", float("inf"), None]}, dtype=object),
+    ],
+    ids=["floats", "text", "mixed"],
+)
+def test_infinite_numbers_are_invalid_at_serving_as_at_training(frame, batch):
+    """`pirat: Infinity` was scored (0.865); training refuses infinities, so serving does."""
+    from mlplatform.data.columns import coerce_arrays
+
+    spec = ColumnSpec("n", "numeric", "double")
+    out, invalid = coerce_arrays(pd.concat([frame] * batch, ignore_index=True), [spec])
+    assert invalid["n"][:4].tolist() == [False, True, True, False]
+    assert out["n"][0] == 1.0 and np.isnan(out["n"][1:4]).all()
 
 
 def test_real_booleans_become_floats():
@@ -195,7 +261,7 @@ def test_small_batch_path_equals_vectorised_path():
         {
             "num": [1.5, None, "2.5", "abc", 3, np.nan, " 4 ", True],
             "cat": ["a", None, 5.0, 5, "b", np.nan, 1e20, "a"],
-            "flag": ["yes", "no", None, "maybe", "TRUE", 1, 0.0, "n"],
+            "flag": ["yes", "no", None, "maybe", "TRUE", 1, 0.0, 5],
         },
         dtype=object,
     )
@@ -212,8 +278,10 @@ def test_small_batch_path_equals_vectorised_path():
     np.testing.assert_array_equal(small["num"], vec["num"][:n])
     assert list(small["cat"]) == list(vec["cat"][:n])
     np.testing.assert_array_equal(small["flag"], vec["flag"][:n])
-    assert set(bad_small) == set(bad_vec) == {"num"}
+    assert set(bad_small) == set(bad_vec) == {"num", "flag"}
     np.testing.assert_array_equal(bad_small["num"], bad_vec["num"][:n])
+    np.testing.assert_array_equal(bad_small["flag"], vec_flag := bad_vec["flag"][:n])
+    assert vec_flag.tolist() == [False, False, False, True, False, False, False, True]
 
 
 def test_numeric_text_reads_the_same_per_request_and_in_batches():
@@ -228,4 +296,62 @@ def test_numeric_text_reads_the_same_per_request_and_in_batches():
     n = len(frame)
     np.testing.assert_array_equal(small["num"], vec["num"][:n])
     np.testing.assert_array_equal(bad_small["num"], bad_vec["num"][:n])
-    assert bad_small["num"].tolist() == [False, False, True, False, False, False]
+    # "inf" is a number Python reads, but infinities are invalid (as at training).
+    assert bad_small["num"].tolist() == [False, False, True, False, True, False]
+
+
+# --------------------------------------------------------------------------------------
+# Dates in a format of their own, and specs from older models
+
+
+def test_infer_returns_the_detected_date_format():
+    from mlplatform.data.columns import infer
+
+    assert infer(pd.Series(["03/15/2020", "12/01/2021"])) == ("datetime", "%m/%d/%Y")
+    assert infer(pd.Series(["15/03/2020", "01/12/2021"])) == ("datetime", "%d/%m/%Y")
+    assert infer(pd.Series(["15.03.2020 10:30", "01.12.2021 08:00"])) == (
+        "datetime",
+        "%d.%m.%Y %H:%M",
+    )
+    assert infer(pd.Series(["2024-01-05", "2023-12-31"])) == ("datetime", None)
+
+
+def test_day_month_order_that_the_values_do_not_tell_is_ambiguous():
+    from mlplatform.data import dates
+    from mlplatform.data.columns import infer
+
+    with pytest.raises(dates.AmbiguousDates) as info:
+        infer(pd.Series(["03/04/2020", "05/06/2021", "01/02/2022"]))
+    assert "MM/DD/YYYY" in str(info.value) and "DD/MM/YYYY" in str(info.value)
+
+
+def test_a_stored_date_format_is_how_the_values_are_read():
+    spec = ColumnSpec("when", "datetime", "string", date_format="%d.%m.%Y")
+    frame = pd.DataFrame({"when": ["15.03.2020", "2020-03-15", None, "31.02.2020"]})
+    out, invalid = coerce(frame, [spec])
+    assert out["when__month"].iloc[0] == 3
+    assert out.iloc[1:].isna().all().all()
+    assert invalid["when"].tolist() == [False, True, False, True]
+    # A spec without a format (every model saved before formats existed) reads ISO only.
+    iso = ColumnSpec("when", "datetime", "string")
+    out, invalid = coerce(frame, [iso])
+    assert invalid["when"].tolist() == [True, False, False, True]
+    assert out["when__month"].iloc[1] == 3
+
+
+def test_date_format_round_trips_and_is_left_out_when_unset():
+    spec = ColumnSpec("when", "datetime", "string", date_format="%m/%d/%Y")
+    assert ColumnSpec.from_dict(spec.to_dict()) == spec
+    plain = ColumnSpec("n", "numeric", "double")
+    assert "date_format" not in plain.to_dict()
+    legacy = {"name": "n", "kind": "numeric", "input_type": "double", "true_values": []}
+    assert ColumnSpec.from_dict(legacy) == plain
+
+
+def test_number_share_counts_rows_not_distinct_values():
+    from mlplatform.data.columns import number_share
+
+    values = pd.Series(["1.5"] * 90 + ["n/a"] * 8 + ["?", "2"], dtype=object)
+    share, strays = number_share(values)
+    assert share == pytest.approx(0.91)
+    assert strays == ["n/a", "?"]

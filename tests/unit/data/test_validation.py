@@ -93,7 +93,8 @@ def test_garbage_parquet_is_unreadable(tmp_path):
 def test_binary_garbage_csv_is_unreadable(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(bytes(range(256)) * 4)
-    assert "cannot read file" in read_error(path)
+    message = read_error(path)
+    assert str(path) in message and "not UTF-8 text" in message
 
 
 def test_malformed_csv_is_unreadable(tmp_path):
@@ -302,13 +303,19 @@ def test_numeric_override_on_a_non_numeric_column():
     assert "data.column_types" in message
 
 
-def test_numeric_override_on_mostly_numeric_text_names_the_bad_value():
+def test_numeric_override_on_mostly_numeric_text_reads_strays_as_missing_and_reports_them():
+    """Declared numeric, a stray is what it is when inferred: missing, counted and shown
+    (it used to stop prepare, which left data.column_types no way to accept strays)."""
     frame = make_frame()
     frame["num"] = frame["num"].round(3).astype(str).astype(object)
     frame.loc[4, "num"] = "n/a?"
-    message = build_error(make_params(column_types={"num": "numeric"}), frame)
-    assert "'num'" in message
-    assert "'n/a?'" in message
+    parts, schema, summary = prepare.build(
+        make_params(column_types={"num": "numeric"}), frame, ORIGIN
+    )
+    assert summary["invalid_values"] == {"num": {"count": 1, "examples": ["n/a?"]}}
+    assert {s.name: s.input_type for s in schema.features}["num"] == "double"
+    values = pd.concat(parts.values())["num"]
+    assert values.dtype == "float64" and values.isna().sum() == 1
 
 
 def test_numeric_override_on_numeric_text_passes():
@@ -699,3 +706,194 @@ def test_categorical_with_number_categories_is_stored_as_text():
     values = pd.concat(parts.values())["cat"]
     assert {type(v) for v in values.dropna()} == {str}
     assert set(values.dropna()) == {"7", "8"}
+
+
+# --------------------------------------------------------------------------------------
+# Silent wrong answers in training (issue 11)
+
+
+def _with_strays(n: int = 2380, strays: int = 40) -> pd.DataFrame:
+    """The issue's case: a numeric column read as text because of a few stray words."""
+    frame = make_frame(n=n)
+    text = frame["num"].round(6).astype(str).astype(object)
+    text.iloc[np.arange(strays) * (n // strays)] = np.resize(["n/a", "unknown", "-"], strays)
+    return frame.assign(num=text)
+
+
+def test_numeric_column_with_a_few_stray_words_stays_numeric(caplog):
+    """It became categorical, and the card explained "'0.47' raises it most"."""
+    frame = _with_strays()
+    with caplog.at_level("WARNING", logger="mlplatform.data.prepare"):
+        parts, schema, summary = prepare.build(make_params(), frame, ORIGIN)
+    spec = next(s for s in schema.features if s.name == "num")
+    assert (spec.kind, spec.input_type) == ("numeric", "double")
+    assert summary["column_types"]["num"] == "numeric"
+    assert summary["invalid_values"]["num"]["count"] == 40
+    assert summary["invalid_values"]["num"]["examples"] == ["n/a", "unknown", "-"]
+    stored = pd.concat(parts.values())["num"]
+    # Stray rows that became identical to one another are de-duplicated.
+    assert stored.dtype == "float64" and stored.isna().sum() == 40 - summary["duplicates_removed"]
+    warnings = [r.getMessage() for r in caplog.records if "'num'" in r.getMessage()]
+    assert len(warnings) == 1 and "40 of 2380" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_text_that_is_half_numbers_is_an_error_naming_the_column_and_share():
+    frame = _with_strays(n=100, strays=30)
+    message = build_error(make_params(), frame)
+    assert "'num'" in message and "70%" in message and "data.column_types" in message
+    # Declared, it is read as the user says.
+    _, schema, summary = prepare.build(make_params(column_types={"num": "numeric"}), frame, ORIGIN)
+    assert summary["invalid_values"]["num"]["count"] == 30
+    _, schema, _ = prepare.build(make_params(column_types={"num": "categorical"}), frame, ORIGIN)
+    assert {s.name: s.kind for s in schema.features}["num"] == "categorical"
+
+
+def test_mostly_words_with_a_few_numbers_is_categorical():
+    frame = make_frame()
+    frame["cat"] = frame["cat"].where(np.arange(60) % 5 != 0, "7")  # 20% numbers
+    _, _, summary = prepare.build(make_params(), frame, ORIGIN)
+    assert summary["column_types"]["cat"] == "categorical"
+    assert summary["invalid_values"] == {}
+
+
+def test_identifier_columns_are_dropped_unless_declared(caplog):
+    frame = make_frame(n=200)
+    frame["application_id"] = np.arange(100_001, 100_201)[::-1]  # a dense sequence
+    frame["code"] = [f"A-{i:05d}" for i in range(200)]  # text, one value per row
+    with caplog.at_level("WARNING", logger="mlplatform.data.prepare"):
+        parts, schema, summary = prepare.build(make_params(), frame, ORIGIN)
+    assert not {"application_id", "code"} & set(schema.feature_names)
+    dropped = summary["dropped_columns"]
+    assert set(dropped) == {"application_id", "code"}
+    assert all("identifier" in why for why in dropped.values())
+    assert "application_id" not in parts["train"].columns
+    assert sum("application_id" in r.getMessage() for r in caplog.records) == 1
+    kept = make_params(column_types={"application_id": "numeric", "code": "categorical"})
+    _, schema, summary = prepare.build(kept, frame, ORIGIN)
+    assert {"application_id", "code"} <= set(schema.feature_names)
+    assert summary["dropped_columns"] == {}
+
+
+def test_continuous_and_sparse_integer_features_with_distinct_values_are_kept():
+    rng = np.random.default_rng(3)
+    frame = make_frame(n=200)
+    frame["income"] = rng.choice(np.arange(20_000, 400_000), 200, replace=False)  # distinct ints
+    frame["ratio"] = rng.normal(size=200)  # distinct floats
+    _, schema, summary = prepare.build(make_params(), frame, ORIGIN)
+    assert {"income", "ratio", "num"} <= set(schema.feature_names)
+    assert summary["dropped_columns"] == {}
+
+
+def test_constant_columns_are_dropped_with_a_note():
+    frame = make_frame().assign(country="NL", version=3)
+    _, schema, summary = prepare.build(make_params(), frame, ORIGIN)
+    assert not {"country", "version"} & set(schema.feature_names)
+    assert "one value ('NL')" in summary["dropped_columns"]["country"]
+    assert set(summary["dropped_columns"]) == {"country", "version"}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [("%m/%d/%Y", "MM/DD/YYYY"), ("%d.%m.%Y", "DD.MM.YYYY"), ("%d/%m/%Y", "DD/MM/YYYY")],
+)
+def test_non_iso_dates_are_detected_and_the_format_is_stored(fmt, text):
+    frame = make_frame()
+    when = pd.date_range("2021-01-01", periods=60, freq="5D")
+    frame["opened"] = when.strftime(fmt)
+    _, schema, _ = prepare.build(make_params(), frame, ORIGIN)
+    spec = next(s for s in schema.features if s.name == "opened")
+    assert (spec.kind, spec.date_format) == ("datetime", fmt)
+    assert dataset.DatasetSchema.from_dict(schema.to_dict()) == schema
+
+
+def test_ambiguous_day_month_order_is_an_error_and_column_types_decides():
+    frame = make_frame()
+    days = pd.date_range("2021-01-01", periods=12, freq="MS")  # day 1: reads both ways
+    frame["opened"] = np.resize(days.strftime("%d/%m/%Y"), 60)
+    message = build_error(make_params(), frame)
+    assert "'opened'" in message and "DD/MM/YYYY" in message and "MM/DD/YYYY" in message
+    assert "data.column_types" in message
+    declared = {"opened": {"kind": "datetime", "format": "%d/%m/%Y"}}
+    _, schema, _ = prepare.build(make_params(column_types=declared), frame, ORIGIN)
+    spec = next(s for s in schema.features if s.name == "opened")
+    assert spec.date_format == "%d/%m/%Y"
+
+
+def test_declared_date_format_the_values_contradict_is_an_error():
+    frame = make_frame().assign(opened="2021-03-15")
+    declared = {"opened": {"kind": "datetime", "format": "%d.%m.%Y"}}
+    message = build_error(make_params(column_types=declared), frame)
+    assert "'opened'" in message and "'%d.%m.%Y'" in message
+
+
+def test_time_column_in_a_non_iso_format_splits_in_time_order():
+    frame = make_frame()
+    when = pd.date_range("2021-01-01", periods=60, freq="3D")
+    frame["when"] = when.strftime("%d.%m.%Y")
+    parts, _, _ = prepare.build(make_params(time_column="when"), frame, ORIGIN)
+    as_dates = {k: pd.to_datetime(v["when"], format="%d.%m.%Y") for k, v in parts.items()}
+    assert as_dates["train"].max() < as_dates["validation"].min()
+    assert as_dates["validation"].max() < as_dates["test"].min()
+
+
+def test_three_classes_with_a_positive_class_is_a_contract_error():
+    """It trained a multiclass model silently."""
+    frame = make_frame()
+    frame["y"] = np.resize(["a", "b", "c"], len(frame))
+    message = build_error(make_params(positive_class="a"), frame)
+    assert "'y'" in message and "3 classes" in message
+    assert "data.positive_class" in message and "'a'" in message
+
+
+def test_nested_list_column_is_a_one_line_error_through_the_cli(tmp_path):
+    """A Parquet list column crashed prepare with a traceback."""
+    frame = pd.DataFrame(
+        {
+            "deny": ["no", "yes"] * 10,
+            "pirat": np.linspace(0, 1, 20),
+            "afam": ["no", "yes"] * 10,
+            "single": ["no", "yes"] * 10,
+            "selfemp": ["yes", "no"] * 10,
+            "tags": [[1, 2], [3]] * 10,
+        }
+    )
+    write_raw(tmp_path, frame)
+    line = assert_one_line_error(run_cli_prepare(tmp_path))
+    assert "'tags'" in line and "nested" in line and "data.drop_columns" in line
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_ingest_detects_the_delimiter(tmp_path, sep):
+    """A ;-delimited file was read as one column and prepare said "target not found"."""
+    path = tmp_path / "semi.csv"
+    make_frame().assign(note="a, b").to_csv(path, index=False, sep=sep)
+    frame = ingest.read_table(path)
+    assert list(frame.columns) == ["y", "num", "count", "cat", "flag", "note"]
+    assert frame["note"].eq("a, b").all()
+
+
+def test_comma_files_with_other_delimiters_inside_values_stay_comma_files(tmp_path):
+    path = tmp_path / "comma.csv"
+    make_frame().assign(note="x;y|z").to_csv(path, index=False)
+    assert ingest.read_table(path)["note"].eq("x;y|z").all()
+
+
+def test_ingest_of_a_non_utf8_csv_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "latin.csv"
+    make_frame().assign(city="Zürich").to_csv(path, index=False, encoding="latin-1")
+    message = read_error(path)
+    assert "not UTF-8 text" in message
+
+
+def test_params_that_can_be_checked_without_data_stop_before_ingest(tmp_path):
+    raw = copy.deepcopy(_DEFAULT_RAW)
+    raw["tune"]["metric"] = "auc"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PATH": f"{MLPLATFORM.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [str(MLPLATFORM), "ingest"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    line = assert_one_line_error(result)
+    assert "tune.metric: unknown metric 'auc'" in line
+    assert not (tmp_path / "data").exists()

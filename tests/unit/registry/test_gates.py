@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from mlplatform.config import PromotionConfig
+from mlplatform.registry.fit_rows import Comparison
 from mlplatform.registry.gates import (
     Figures,
     Rule,
@@ -461,3 +462,66 @@ def test_verdict_to_dict_is_json_serialisable():
     assert [r["name"] for r in back["rules"]] == names(v)
     assert set(back["rules"][0]) == {"name", "outcome", "detail", "value", "limit"}
     assert back["rules"][names(v).index("suspicious_gain")]["value"] == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------------------
+# Measured only on rows neither model was fit on (issue 11)
+
+
+def comparison(compared: int, test_rows: int = 476, **kw) -> Comparison:
+    excluded = kw.pop("excluded_by", {"champion v1": test_rows - compared, "candidate v2": 0})
+    return Comparison(test_rows, compared, CFG.min_compare_rows, excluded, **kw)
+
+
+def test_default_floor_of_compared_rows():
+    assert CFG.min_compare_rows == 200
+
+
+def test_too_few_rows_new_to_both_models_is_manual_review():
+    """The issue's case: 284 of 476 test rows were the champion's training rows."""
+    cmp = comparison(150, excluded_by={"champion v1": 326, "candidate v2": 0})
+    v = decide(candidate(ap=0.40), champion(), CFG, cmp)  # a -20% drop, on too few rows
+    assert v.decision == "review"
+    r = rule(v, "comparison_rows")
+    assert (r.outcome, r.value, r.limit) == ("review", 150.0, 200.0)
+    assert "compared on 150 of 476 test rows" in v.reason
+    assert "326 of 476 test rows left out" in v.reason and "champion v1 was fit on 326" in v.reason
+    assert "promotion.min_compare_rows (200)" in v.reason
+    assert rule(v, "primary_drop").outcome == "fail"  # recorded, not decided on
+
+
+def test_enough_compared_rows_decide_as_before():
+    cmp = comparison(300)
+    v = decide(candidate(), champion(), CFG, cmp)
+    assert v.decision == decide(candidate(), champion(), CFG).decision == "approve"
+    assert rule(v, "comparison_rows").outcome == "pass"
+    assert "176 of 476 test rows left out" in rule(v, "comparison_rows").detail
+
+
+def test_too_few_rows_do_not_hide_a_missing_card_or_a_model_that_does_not_load():
+    v = decide(candidate(has_card=False), champion(), CFG, comparison(10))
+    assert v.decision == "reject" and "model card missing" in v.reason
+    broken = candidate(loaded=False, error="ModelFormatError: refused", metrics={})
+    assert decide(broken, champion(), CFG, comparison(0)).decision == "reject"
+
+
+def test_a_floor_missed_on_too_few_rows_is_review_not_reject():
+    c = candidate(metrics={"average_precision": 0.5, "recall": 0.1})
+    v = decide(c, champion(), cfg(floors={"recall": 0.3}), comparison(40))
+    assert v.decision == "review" and rule(v, "floor:recall").outcome == "fail"
+
+
+def test_first_model_needs_rows_to_measure_on_but_no_floor():
+    assert decide(candidate(), None, CFG, comparison(50, excluded_by={})).decision == "approve"
+    nothing = decide(candidate(metrics={}), None, CFG, comparison(0, excluded_by={}))
+    assert nothing.decision == "review" and "nothing left to measure on" in nothing.reason
+
+
+def test_a_version_without_recorded_fit_rows_is_flagged_not_fatal():
+    cmp = comparison(476, excluded_by={"candidate v2": 0}, unrecorded=["champion v1"])
+    v = decide(candidate(), champion(), CFG, cmp)
+    assert v.decision == "approve"
+    flag = rule(v, "fit_rows_recorded")
+    assert flag.outcome == "info" and "champion v1" in flag.detail
+    assert "may include its training rows" in flag.detail
+    assert "could not be left out" in cmp.why()

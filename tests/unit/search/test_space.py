@@ -88,23 +88,24 @@ def test_explicit_type_int_overrides_inference():
     assert search_space.parse(cfg)["xgboost"]["max_depth"] == IntDistribution(2, 6)
 
 
-def test_unknown_hyperparameter_names_key_path():
-    cfg = tune_cfg({"random_forest": {"n_estimator": {"low": 10, "high": 20}}})
+def test_unknown_hyperparameter_is_refused_when_params_load():
+    """Checked by parse_params (before ingest runs), not when the search starts."""
     with pytest.raises(ConfigError) as info:
-        search_space.parse(cfg)
+        tune_cfg({"random_forest": {"n_estimator": {"low": 10, "high": 20}}})
     message = str(info.value)
-    assert message.startswith("tune.families.random_forest.n_estimator:")
+    assert message.startswith("params.yaml: tune.families.random_forest.n_estimator:")
     assert "unknown hyperparameter" in message
     assert "n_estimators" in message  # the known names are listed
 
 
-def test_invalid_range_names_key_path():
+def test_range_optuna_refuses_is_refused_when_params_load():
     # Optuna refuses a stepped log-scale float range.
-    cfg = tune_cfg(
-        {"xgboost": {"learning_rate": {"low": 0.1, "high": 1.0, "log": True, "step": 0.1}}}
-    )
-    with pytest.raises(ConfigError, match=r"^tune\.families\.xgboost\.learning_rate: "):
-        search_space.parse(cfg)
+    with pytest.raises(
+        ConfigError, match=r"^params\.yaml: tune\.families\.xgboost\.learning_rate: "
+    ):
+        tune_cfg(
+            {"xgboost": {"learning_rate": {"low": 0.1, "high": 1.0, "log": True, "step": 0.1}}}
+        )
 
 
 @pytest.mark.parametrize(
