@@ -14,6 +14,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
+from mlplatform.monitoring.prediction_log.store import PredictionLogSettings
+from mlplatform.monitoring.settings import MonitoringConfig
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
 
@@ -50,6 +52,9 @@ class Paths:
         self.model = r / "models" / "model"
         self.state = r / ".mlplatform"
         self.optuna_journal = self.state / "optuna.journal"
+        self.reference = r / "models" / "reference.json"  # the monitoring reference
+        self.monitoring = self.reports / "monitoring"
+        self.demo = r / "data" / "demo"
 
     def split(self, name: str) -> Path:
         return self.prepared / f"{name}.parquet"
@@ -423,6 +428,8 @@ class Params(Strict):
     score: ScoreConfig = ScoreConfig()
     mlflow: TrackingConfig = TrackingConfig()
     server: ServerSettings = ServerSettings()
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from mlplatform.model_trust import (  # noqa: F401 (part of this module's interf
     check_mlmodel,
 )
 from mlplatform.modeling import families
+from mlplatform.monitoring import served
 
 PREDICTION = "prediction"
 PROBA_PREFIX = "probability_"
@@ -210,6 +212,10 @@ class TabularModel:
         self._proba_names = [probability_column(c) for c in self.classes]
         self._class_array = np.asarray(self.classes, dtype=object)
         self.output_columns = [PREDICTION, *self._proba_names]
+        # The prediction log (monitoring.served): set at load by MLflow's loader hook.
+        self.prediction_log: Any = None
+        self.identity = served.identity(None)
+        self._takes_ids = served.REQUEST_ID not in self.input_names
 
     def set_threads(self, n: int) -> None:
         if self.booster is not None:
@@ -254,23 +260,34 @@ class TabularModel:
             out[name] = proba[:, i]
         return pd.DataFrame(out, index=index, copy=False)
 
-    def to_records(self, proba: np.ndarray) -> list[dict[str, Any]]:
-        """The rows of ``to_frame`` as dicts: ``to_frame(...).to_dict("records")``, cheaper."""
+    def to_records(self, proba: np.ndarray, request_id: Any = None) -> list[dict[str, Any]]:
+        """The rows of ``to_frame`` as dicts: ``to_frame(...).to_dict("records")``, cheaper;
+        with ``request_id`` (one id, or one per row) each row also carries its id."""
         proba = np.asarray(proba, dtype=np.float64)
         labels = self._class_array[self.labels(proba)].tolist()
         names = self._proba_names
-        return [
+        rows = [
             {PREDICTION: label, **dict(zip(names, row, strict=True))}
             for label, row in zip(labels, proba.tolist(), strict=True)
         ]
+        if request_id is not None:
+            ids = [request_id] * len(rows) if isinstance(request_id, str) else request_id
+            for row, rid in zip(rows, ids, strict=True):
+                row[served.REQUEST_ID] = rid
+        return rows
 
     def predict(
         self, model_input: Any, params: dict[str, Any] | None = None
     ) -> pd.DataFrame | list[dict[str, Any]]:
         """The pyfunc entry point (``mlflow.pyfunc.load_model(...).predict``): a DataFrame with
         the predicted class and one probability column per class; in the scoring server, the
-        same rows as records (see ``in_scoring_server``)."""
+        same rows as records (see ``in_scoring_server``). Either carries a ``request_id``
+        column in the scoring server or with the prediction log on (``monitoring.served``)."""
+        t0 = time.perf_counter()
         frame = _as_frame(model_input, self.input_names)
+        ids = None
+        if self._takes_ids:
+            frame, ids = served.split_ids(frame)
         x, invalid = self.transform(frame)
         if invalid:
             col, mask = next(iter(invalid.items()))
@@ -280,11 +297,19 @@ class TabularModel:
                 f"column '{col}': value {bad!r} is not a valid {_kind_word(self.specs, col)}"
             )
         proba = self.predict_matrix(x)
-        if in_scoring_server():
+        serving = in_scoring_server()
+        rid = ids or (served.new_id() if serving or self.prediction_log is not None else None)
+        if self.prediction_log is not None:
+            labels = self._class_array[self.labels(proba)]
+            served.record(self, frame, proba, labels, rid, (time.perf_counter() - t0) * 1000)
+        if serving:
             # The scoring server turns a returned DataFrame straight into records for its JSON
             # answer; handing it the records gives the same JSON without building the frame.
-            return self.to_records(proba)
-        return self.to_frame(proba, index=frame.index)
+            return self.to_records(proba, rid)
+        out = self.to_frame(proba, index=frame.index)
+        if rid is not None:
+            out[served.REQUEST_ID] = rid
+        return out
 
 
 def in_scoring_server() -> bool:
@@ -357,8 +382,13 @@ def _load_pyfunc(data_path: str) -> TabularModel:
     """MLflow's loader hook: ``mlflow.pyfunc.load_model`` (and so ``mlflow models serve``)
     calls this with the model folder joined to the MLmodel's ``data`` entry. The folder
     around it must pass every check of ``model_trust`` first: nothing outside the artifact
-    is followed, whatever the MLmodel file says."""
-    return TabularModel(model_trust.data_folder(data_path))
+    is followed, whatever the MLmodel file says. The model learns who it is from the folder
+    and logs its predictions when the prediction log is on (``monitoring.served``)."""
+    folder = model_trust.data_folder(data_path)
+    model = TabularModel(folder)
+    model.identity = served.identity(served.model_dir_of(Path(folder)))
+    model.prediction_log = served.log_at_load()
+    return model
 
 
 def load(model_dir: Path | str) -> TabularModel:
@@ -387,7 +417,11 @@ def load_pyfunc(uri_or_path: str | Path) -> Any:
     with model_trust.fetched(uri_or_path, label) as folder:
         model_trust.verify_folder(folder, label)
         # Everything is read into memory at load time, so a download can go afterwards.
-        return _load_checked(folder, label)
+        loaded = _load_checked(folder, label)
+    # The pipeline's own predictions (evaluate, promote, score) are not served traffic:
+    # batch scoring records its rows itself, with their file row numbers.
+    loaded._model_impl.prediction_log = None
+    return loaded
 
 
 def _load_checked(folder: Path, name: str | Path) -> Any:

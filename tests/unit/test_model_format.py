@@ -308,6 +308,9 @@ def test_scoring_server_gets_the_same_rows_as_records(saved, frame, monkeypatch)
     monkeypatch.setenv(model_format._SERVING_ENV, "true")
     records = saved["model"].predict(frame.head(7))
     assert isinstance(records, list)
+    # The served answer carries one new request id per request (monitoring.served).
+    ids = {r.pop("request_id") for r in records}
+    assert len(ids) == 1 and len(ids.pop()) == 32
     assert records == expected.to_dict(orient="records")
     as_json = {}
     for name, out in (("records", records), ("frame", expected)):
@@ -426,3 +429,15 @@ def test_a_date_format_found_at_training_is_how_the_saved_model_reads_dates(tmp_
     assert out["prediction"].tolist() == ["yes", "no"]
     with pytest.raises(MlflowException, match="column 'when': value '2021-08-15'"):
         model.predict(pd.DataFrame({"a": [0.1], "when": ["2021-08-15"]}))
+
+
+def test_request_ids_in_the_input_are_used_per_row_and_are_not_features(saved, frame, monkeypatch):
+    plain = saved["model"].predict(frame.head(3))
+    assert "request_id" not in plain.columns  # in process, log off: the answer is unchanged
+    given = frame.head(3).assign(request_id=["a-1", "a-2", None])
+    out = saved["model"].predict(given)
+    assert out["request_id"].tolist()[:2] == ["a-1", "a-2"] and len(out["request_id"][2]) == 32
+    assert out.drop(columns="request_id").equals(plain)
+    monkeypatch.setenv(model_format._SERVING_ENV, "true")
+    records = saved["model"].predict(given)
+    assert [r["request_id"] for r in records[:2]] == ["a-1", "a-2"]

@@ -3,7 +3,7 @@
 Each pipeline stage is a subcommand over a plain function in its own module. Every
 subcommand takes ``--params PATH`` (default params.yaml). Expected mistakes print one line
 on stderr and exit non-zero, without a stack trace. Commands live in one module per room
-(pipeline, registry, serving); they all register on ``app``.
+(pipeline, registry, serving, monitoring); they all register on ``app``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import sys
 
 import typer
 
-from mlplatform.cli import pipeline, registry, serving  # noqa: F401 (they register commands)
+from mlplatform.cli import (  # noqa: F401 (they register commands)
+    monitoring,
+    pipeline,
+    registry,
+    serving,
+)
 from mlplatform.cli.app import app
 from mlplatform.cli.pipeline import STAGES
 from mlplatform.errors import MlplatformError

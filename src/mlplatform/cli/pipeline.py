@@ -25,6 +25,7 @@ STAGE_MODULES = {
     "train": "mlplatform.modeling.train",
     "evaluate": "mlplatform.evaluation.evaluate",
     "explain": "mlplatform.evaluation.explain",
+    "reference": "mlplatform.monitoring.reference_stage",
     "card": "mlplatform.evaluation.card",
     "register": "mlplatform.registry.register",
     "promote": "mlplatform.registry.promote",
@@ -38,6 +39,7 @@ STAGE_HELP = {
     "train": "Refit the best configuration and log it as one MLflow model.",
     "evaluate": "Score the logged model on the test set; write reports/metrics.json and plots.",
     "explain": "SHAP explanations of a stratified test sample, summed back to source columns.",
+    "reference": "Freeze the training reference (bins, samples, scores, SHAP ranking) for monitor.",
     "card": "Render the model card (Markdown + self-contained HTML) and attach it to the run.",
     "register": "Register the trained model as a new version (lineage, metrics, card).",
 }

@@ -52,6 +52,12 @@ def score(
     )
     if summary.rows_failed:
         typer.echo(f"{summary.rows_failed:,} rows could not be scored: {summary.errors_file}")
+    if summary.request_id:
+        typer.echo(
+            f"prediction log: {summary.rows_logged:,} rows recorded as request "
+            f"{summary.request_id} (row = file row number)"
+            + (f"; {summary.rows_not_logged:,} NOT recorded" if summary.rows_not_logged else "")
+        )
 
 
 @app.command()

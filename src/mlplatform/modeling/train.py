@@ -33,6 +33,7 @@ from mlplatform.evaluation.metrics import choose_threshold, validation_metrics
 from mlplatform.io import atomic_dir, read_json, write_json
 from mlplatform.modeling import families
 from mlplatform.modeling.features import design_matrices
+from mlplatform.monitoring import served
 from mlplatform.tracking import datasets
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,12 @@ def signature(schema: DatasetSchema) -> Any:
     # Not required: MLflow would answer a missing column (or an empty list) itself, with a
     # dump of the request; the model's own check answers in one line instead. Types are
     # still enforced by MLflow for the columns that are present.
-    inputs = Schema([ColSpec(s.input_type, s.name, required=False) for s in schema.features])
+    inputs = [ColSpec(s.input_type, s.name, required=False) for s in schema.features]
+    if served.REQUEST_ID not in schema.feature_names:
+        # The client's own id per row, for the prediction log (not a feature); MLflow drops
+        # any column the signature does not name before the model sees it.
+        inputs.append(ColSpec("string", served.REQUEST_ID, required=False))
+    inputs = Schema(inputs)
     kinds = {type(c) for c in schema.classes}
     pred_type = _PRED_TYPE.get(kinds.pop(), "string") if len(kinds) == 1 else "string"
     outputs = Schema(

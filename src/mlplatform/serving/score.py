@@ -11,6 +11,11 @@ Nothing is lost silently: every run checks that the rows the reader produced equ
 scored plus the rows reported bad (and, for Parquet, the row count in the file's footer);
 otherwise it fails and writes nothing. The output is written to a temporary file and
 renamed when complete.
+
+With the prediction log on (``prediction_log.enabled`` in params, or
+``MLPLATFORM_PREDICTION_LOG``), every scored row is also recorded there (source ``score``),
+under one request id per run and its file row number, so late labels join on
+(request id, row).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +40,7 @@ from mlplatform.config import Params
 from mlplatform.data.ingest import sniff_delimiter
 from mlplatform.errors import DataValidationError, MlplatformError, ModelError
 from mlplatform.io import atomic_path
+from mlplatform.monitoring import served
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,9 @@ class ScoreSummary:
     errors_file: str | None = None
     chunks: int = 0
     error_examples: list[dict[str, Any]] = field(default_factory=list)
+    request_id: str | None = None  # set when the rows were recorded in the prediction log
+    rows_logged: int = 0
+    rows_not_logged: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -94,6 +104,12 @@ def resolve(params: Params, model_uri: str | None) -> tuple[str, str | None, str
                 raise ModelError(f"registered model '{name}' has no alias '{alias}'")
         return f"models:/{name}/{version}", name, version
     return model_uri, None, None
+
+
+def _tracking_uri(params: Params) -> str:
+    from mlplatform import tracking
+
+    return tracking.tracking_uri(params)
 
 
 def load_scorer(uri: str) -> model_format.TabularModel:
@@ -355,6 +371,10 @@ def run_score(
     }
     source = read_chunks(input_path, chunk_rows, list(dict.fromkeys([*columns, *keep])))
     summary = ScoreSummary(str(input_path), str(output_path), uri, name, version)
+    plog = served.open_log(params.prediction_log, _tracking_uri(params))
+    logged_before = plog.stats()["written"] if plog is not None else 0
+    if plog is not None:
+        summary.request_id = uuid.uuid4().hex
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     errors: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -397,6 +417,13 @@ def run_score(
                 )
                 result = result.append_column(SCORED_AT, pa.array([stamp] * len(rows), pa.string()))
                 writer.write(result)
+                if plog is not None and len(rows):
+                    proba = model_format.probabilities(out, scorer.classes)
+                    labels = out[model_format.PREDICTION].to_numpy()
+                    served.record_chunk(
+                        plog, scorer, frame, good, labels, proba, rows, (name, version),
+                        summary.request_id,
+                    )  # fmt: skip
                 written += result.num_rows
                 errors.extend(bad_rows)
                 summary.rows_in += len(frame)
@@ -416,6 +443,10 @@ def run_score(
         summary.rows_failed = len({e[ROW] for e in errors})
         check_accounting(source, summary.rows_in, written, summary.rows_failed)
     summary.seconds = time.perf_counter() - t0
+    if plog is not None:
+        plog.flush(timeout=max(60.0, params.prediction_log.close_timeout_s))
+        summary.rows_logged = plog.stats()["written"] - logged_before
+        summary.rows_not_logged = summary.rows_scored - summary.rows_logged
     errors_path = errors_file(output_path)
     if errors:
         with atomic_path(errors_path, ".csv") as tmp:

@@ -118,6 +118,7 @@ CHECKS: dict[str, tuple[Callable[[Paths], Path], Callable[[Any, Paths], bool]]] 
     "train": (lambda p: p.train_report, lambda c, p: _run(c, _train_run_id(p)) is not None),
     "evaluate": (lambda p: p.metrics, _artifact_check("evaluation/metrics.json")),
     "explain": (lambda p: p.explain / "summary.json", _artifact_check("explain/summary.json")),
+    "reference": (lambda p: p.reference, _artifact_check("monitoring/reference.json")),
     "card": (lambda p: p.card_json, _artifact_check("model_card/card.json")),
     "register": (lambda p: p.registration, _register_present),
     "promote": (lambda p: p.promotion, _promote_present),
