@@ -81,6 +81,9 @@ def monitor(
         str | None, typer.Option(help="log window: the last 30m, 12h, 7d ... (with no --since)")
     ] = None,
     last: Annotated[int | None, typer.Option(help="only the last N logged rows")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="only rows logged by 'serve' or by 'score'")
+    ] = None,
     model_uri: Annotated[
         str | None, typer.Option(help="the version monitored (default: models:/<name>@champion)")
     ] = None,
@@ -105,6 +108,7 @@ def monitor(
         until=until,
         window=window,
         last=last,
+        source=source,
         model_uri=model_uri,
         reference=reference,
         out_dir=out_dir,

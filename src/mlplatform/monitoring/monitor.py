@@ -87,14 +87,17 @@ def scores_of(frame: pd.DataFrame, ref: dict[str, Any]) -> np.ndarray | None:
 
 
 def from_log(
-    url: str, who: dict[str, Any], ref: dict[str, Any], *, since=None, until=None, last=None
-) -> Window:
+    url: str, who: dict[str, Any], ref: dict[str, Any], *, since=None, until=None, last=None,
+    source=None,
+) -> Window:  # fmt: skip
     """The monitored version's rows in the log (see the module docstring)."""
     from mlplatform.monitoring.prediction_log import read_window
 
-    frame = read_window(url, who["name"], who["version"], since=since, until=until, last_n=last)
+    frame = read_window(
+        url, who["name"], who["version"], since=since, until=until, last_n=last, source=source
+    )
     if frame.empty and who.get("model_ids"):
-        every = read_window(url, since=since, until=until)
+        every = read_window(url, since=since, until=until, source=source)
         frame = every[every["model_id"].isin(who["model_ids"]) & every["model_name"].isna()]
         frame = frame.tail(last) if last else frame
         frame = frame.reset_index(drop=True)
@@ -105,7 +108,7 @@ def from_log(
             "it was served (MLPLATFORM_PREDICTION_LOG)?"
         )
     info = {
-        "source": "prediction log",
+        "source": "prediction log" + (f" ({source})" if source else ""),
         "label": f"{frame['timestamp'].min():%Y-%m-%d %H:%M} – {frame['timestamp'].max():%H:%M}",
         "start": frame["timestamp"].min().isoformat(),
         "end": frame["timestamp"].max().isoformat(),
@@ -218,6 +221,7 @@ def run_monitor(
     until: str | None = None,
     window: str | None = None,
     last: int | None = None,
+    source: str | None = None,
     model_uri: str | None = None,
     reference: Path | None = None,
     out_dir: Path | None = None,
@@ -230,6 +234,8 @@ def run_monitor(
     from mlplatform import tracking
     from mlplatform.monitoring import prediction_log
 
+    if source not in (None, "serve", "score"):
+        raise DataValidationError(f"--source: {source!r} is neither serve nor score")
     who = resolve_model(params, model_uri)
     ref = reference_for(who, paths, reference)
     cfg, seed = params.monitoring, params.seed
@@ -245,7 +251,7 @@ def run_monitor(
         )
         if since is None and window is not None:
             since = (datetime.now(UTC) - parse_duration(window)).isoformat()
-        windows = [from_log(url, who, ref, since=since, until=until, last=last)]
+        windows = [from_log(url, who, ref, since=since, until=until, last=last, source=source)]
     results = [compare(ref, w.frame, w.scores, w.labels, cfg, seed, window=w.info) for w in windows]
     latest = results[-1]
     latest["model"] = {k: who[k] for k in ("name", "version", "run_id")}
