@@ -72,6 +72,11 @@ def test_log_at_load_is_off_without_the_variable_and_refuses_a_bad_one(fresh_log
     monkeypatch.setenv(pl.ENV_URL, "off")
     assert served.log_at_load() is None
     monkeypatch.setattr(pl, "_configured", False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv(pl.ENV_URL, "on")  # beside MLflow's default store: ./predictions.db
+    assert served.log_at_load().url == "sqlite:///predictions.db"
+    pl._process_log.close()
+    monkeypatch.setattr(pl, "_configured", False)
     monkeypatch.setenv(pl.ENV_URL, "not a url")
     with pytest.raises(ConfigError, match="MLPLATFORM_PREDICTION_LOG"):
         served.log_at_load()

@@ -102,7 +102,8 @@ def configure(
 def get_log() -> PredictionLog | None:
     """This process's log; on first use configured from the environment alone (None when
     ``MLPLATFORM_PREDICTION_LOG`` is unset or off; ``on`` puts it beside a sqlite
-    ``MLFLOW_TRACKING_URI``). Call it at model load time so a bad value stops the server.
+    ``MLFLOW_TRACKING_URI``, or in ``predictions.db`` here when that is unset). Call it at
+    model load time so a bad value stops the server.
 
     Raises:
         ConfigError: the variable is neither a SQLAlchemy URL nor on/off.
@@ -110,8 +111,11 @@ def get_log() -> PredictionLog | None:
     if not _configured:
         with _lock:
             if not _configured:
-                # The environment only: a served model has no params.yaml to read.
-                url = resolve_url(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+                # The environment only: a served model has no params.yaml to read. Without
+                # MLFLOW_TRACKING_URI, MLflow's own default store (and so predictions.db in
+                # the working folder, where `mlplatform monitor` looks by default).
+                tracking = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+                url = resolve_url(tracking_uri=tracking)
                 _set(None if url is None else PredictionLog(url))
     return _process_log
 
