@@ -15,7 +15,7 @@ import pytest
 from mlplatform.cli import STAGES
 from mlplatform.monitoring import prediction_log as pl
 from mlplatform.monitoring.browser import check_page, find_chromium
-from support.project import client_for, run_cli, run_stages, tracking_uri, write_project
+from support.project import ROOT, client_for, run_cli, run_stages, tracking_uri, write_project
 from support.serving import post, served
 
 pytestmark = pytest.mark.e2e
@@ -146,6 +146,25 @@ def test_served_model_logs_feedback_joins_and_monitor_reads_the_log(project, tmp
     proc, drift = _monitor(project, "--since", since, "--strict", check=False)
     assert proc.returncode == 3 and drift["verdict"] == "drift"
     assert drift["window"]["n_rows"] == n
+
+
+def test_a_model_of_the_earlier_release_serves_and_logs(tmp_path):
+    """Registered by 0.1.0 (every input column required, no request_id in its signature):
+    it still serves, answers with a request id, and its rows carry its model id."""
+    fixtures = ROOT / "tests" / "fixtures"
+    expected = json.loads((fixtures / "model_v0_1_0_expected.json").read_text())
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    with served(
+        str(fixtures / "model_v0_1_0"), tmp_path, {"MLPLATFORM_PREDICTION_LOG": url}
+    ) as port:
+        status, text = post(port, json.dumps({"dataframe_records": expected["inputs"][:3]}))
+        assert status == 200, text
+        answers = json.loads(text)["predictions"]
+        logged = _wait_rows(url, 3)
+    assert [a["prediction"] for a in answers] == [r["prediction"] for r in expected["expected"][:3]]
+    assert len({a["request_id"] for a in answers}) == 1
+    assert len(logged) == 3 and logged["model_name"].isna().all()
+    assert set(logged["model_id"]) == {"m-257e4db2affa4ae8b8c3b5765ae15edb"}
 
 
 def test_report_opens_in_chromium_without_errors_or_requests(project, tmp_path):
