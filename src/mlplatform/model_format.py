@@ -353,12 +353,18 @@ def _all_lists(d: dict) -> bool:
     return all(isinstance(v, list | tuple | np.ndarray) for v in d.values())
 
 
-def _load_pyfunc(data_path: str) -> TabularModel:
+def _load_pyfunc(data_path: str) -> Any:
     """MLflow's loader hook: ``mlflow.pyfunc.load_model`` (and so ``mlflow models serve``)
     calls this with the model folder joined to the MLmodel's ``data`` entry. The folder
     around it must pass every check of ``model_trust`` first: nothing outside the artifact
-    is followed, whatever the MLmodel file says."""
-    return TabularModel(model_trust.data_folder(data_path))
+    is followed, whatever the MLmodel file says. A deployment version (shadow or A/B of two
+    registered versions) is loaded by ``serving.deployment``."""
+    folder = model_trust.data_folder(data_path)
+    if (folder / model_trust.DEPLOYMENT_FILE).is_file():
+        from mlplatform.serving import deployment
+
+        return deployment.load(folder)
+    return TabularModel(folder)
 
 
 def load(model_dir: Path | str) -> TabularModel:

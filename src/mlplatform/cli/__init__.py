@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from mlplatform.cli import pipeline, registry, serving  # noqa: F401 (they register commands)
+from mlplatform.cli import pipeline, registry, release, serving  # noqa: F401 (they register commands)
 from mlplatform.cli.app import app
 from mlplatform.cli.pipeline import STAGES
 from mlplatform.errors import MlplatformError
