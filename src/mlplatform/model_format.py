@@ -367,7 +367,7 @@ def _load_pyfunc(data_path: str) -> Any:
     return TabularModel(folder)
 
 
-def load(model_dir: Path | str) -> TabularModel:
+def load(model_dir: Path | str) -> Any:
     """Load an MLflow model directory (or its data folder) without going through pyfunc.
 
     Raises:
@@ -375,7 +375,11 @@ def load(model_dir: Path | str) -> TabularModel:
     """
     model_dir = Path(model_dir)
     if (model_dir / "MLmodel").is_file():
-        return TabularModel(model_dir / model_trust.verify_folder(model_dir)["data"])
+        model_dir = model_dir / model_trust.verify_folder(model_dir)["data"]
+    if (model_dir / model_trust.DEPLOYMENT_FILE).is_file():
+        from mlplatform.serving import deployment
+
+        return deployment.load(model_dir)  # both versions it composes, each checked
     return TabularModel(model_dir)
 
 
