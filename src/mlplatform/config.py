@@ -16,6 +16,7 @@ from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
 from mlplatform.monitoring.prediction_log.store import PredictionLogSettings
 from mlplatform.monitoring.settings import MonitoringConfig
+from mlplatform.serving.release_settings import ReleaseSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
 
@@ -430,6 +431,7 @@ class Params(Strict):
     server: ServerSettings = ServerSettings()
     prediction_log: PredictionLogSettings = PredictionLogSettings()
     monitoring: MonitoringConfig = MonitoringConfig()
+    release: ReleaseSettings = ReleaseSettings()
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""

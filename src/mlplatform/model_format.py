@@ -378,20 +378,26 @@ def _all_lists(d: dict) -> bool:
     return all(isinstance(v, list | tuple | np.ndarray) for v in d.values())
 
 
-def _load_pyfunc(data_path: str) -> TabularModel:
+def _load_pyfunc(data_path: str) -> Any:
     """MLflow's loader hook: ``mlflow.pyfunc.load_model`` (and so ``mlflow models serve``)
     calls this with the model folder joined to the MLmodel's ``data`` entry. The folder
     around it must pass every check of ``model_trust`` first: nothing outside the artifact
     is followed, whatever the MLmodel file says. The model learns who it is from the folder
-    and logs its predictions when the prediction log is on (``monitoring.served``)."""
+    and logs its predictions when the prediction log is on (``monitoring.served``). A
+    deployment version (shadow or A/B of two registered versions) is loaded by
+    ``serving.deployment``, which logs both arms itself."""
     folder = model_trust.data_folder(data_path)
+    if (folder / model_trust.DEPLOYMENT_FILE).is_file():
+        from mlplatform.serving import deployment
+
+        return deployment.load(folder)
     model = TabularModel(folder)
     model.identity = served.identity(served.model_dir_of(Path(folder)))
     model.prediction_log = served.log_at_load()
     return model
 
 
-def load(model_dir: Path | str) -> TabularModel:
+def load(model_dir: Path | str) -> Any:
     """Load an MLflow model directory (or its data folder) without going through pyfunc.
 
     Raises:
@@ -399,7 +405,11 @@ def load(model_dir: Path | str) -> TabularModel:
     """
     model_dir = Path(model_dir)
     if (model_dir / "MLmodel").is_file():
-        return TabularModel(model_dir / model_trust.verify_folder(model_dir)["data"])
+        model_dir = model_dir / model_trust.verify_folder(model_dir)["data"]
+    if (model_dir / model_trust.DEPLOYMENT_FILE).is_file():
+        from mlplatform.serving import deployment
+
+        return deployment.load(model_dir)  # both versions it composes, each checked
     return TabularModel(model_dir)
 
 

@@ -37,6 +37,9 @@ DATA_DIR = "mlplatform_model"
 LOADER_MODULE = "mlplatform.model_format"
 # Everything model_format writes into the data folder (one estimator file or the other).
 DATA_FILES = frozenset({"model.json", "preprocessor.skops", "estimator.ubj", "estimator.skops"})
+# A deployment version (serving/deployment.py): its data folder holds this JSON file alone.
+DEPLOYMENT_FILE = "deployment.json"
+DEPLOYMENT_FAMILY = "deployment"
 PICKLE_SUFFIXES = frozenset(
     {".pkl", ".pickle", ".joblib", ".dill", ".cloudpickle", ".pt", ".pth", ".ckpt", ".sav"}
 )
@@ -142,7 +145,8 @@ def check_files(model_dir: Path, data_dir: Path, label: str) -> int:
             raise _refuse(label, f"{where} is a pickle (mlplatform models hold no pickles)")
         count += 1
     present = {p.name for p in data_dir.iterdir()}
-    unexpected = sorted(present - DATA_FILES)
+    allowed = {DEPLOYMENT_FILE} if DEPLOYMENT_FILE in present else DATA_FILES
+    unexpected = sorted(present - allowed)
     if unexpected:
         raise _refuse(label, f"unexpected file(s) in the data folder: {', '.join(unexpected)}")
     return count
@@ -192,6 +196,22 @@ def check_model_json(data_dir: Path, label: str) -> dict[str, Any]:
     return meta
 
 
+def check_deployment_json(data_dir: Path, label: str) -> dict[str, Any]:
+    """A deployment spec: JSON naming two registered versions (checked in full at load)."""
+    try:
+        spec = json.loads((data_dir / DEPLOYMENT_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFormatError(f"{label}: {DEPLOYMENT_FILE} is not valid JSON") from None
+    if not isinstance(spec, dict) or spec.get("kind") != "deployment":
+        raise ModelFormatError(f"{label}: {DEPLOYMENT_FILE} is not a deployment spec")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{label}: {DEPLOYMENT_FILE} format_version {spec.get('format_version')} is not "
+            f"{FORMAT_VERSION}"
+        )
+    return spec
+
+
 def verify_folder(model_dir: Path | str, label: str | None = None) -> dict[str, Any]:
     """Every check of the module docstring, on a local model folder.
 
@@ -208,6 +228,9 @@ def verify_folder(model_dir: Path | str, label: str | None = None) -> dict[str, 
     if not data_dir.is_dir():
         raise ModelFormatError(f"{label}: data folder {pyfunc['data']!r} not found")
     files = check_files(model_dir, data_dir, label)
+    if (data_dir / DEPLOYMENT_FILE).is_file():
+        check_deployment_json(data_dir, label)
+        return {"family": DEPLOYMENT_FAMILY, "files": files, "data": pyfunc["data"]}
     meta = check_model_json(data_dir, label)
     return {"family": meta["family"], "files": files, "data": pyfunc["data"]}
 

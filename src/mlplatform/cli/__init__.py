@@ -17,6 +17,7 @@ from mlplatform.cli import (  # noqa: F401 (they register commands)
     monitoring,
     pipeline,
     registry,
+    release,
     serving,
 )
 from mlplatform.cli.app import app

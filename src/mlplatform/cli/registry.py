@@ -44,22 +44,49 @@ def promote(
 
 @app.command()
 def review(
-    version: Annotated[str, typer.Option(help="the version waiting for review")],
-    reviewer: Annotated[str, typer.Option(help="who reviewed it")],
     reason: Annotated[str, typer.Option(help="why")],
     approve: Annotated[
-        bool, typer.Option("--approve/--reject", help="make it champion, or reject it")
+        bool, typer.Option("--approve/--reject", help="approve or reject the version")
     ],
+    version_arg: Annotated[
+        str | None, typer.Argument(metavar="VERSION", help="the version reviewed")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="the same, as an option")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(help="sign off in this role (release.signoffs); without: manual review"),
+    ] = None,
+    reviewer: Annotated[str | None, typer.Option(help="who reviewed it (default: $USER)")] = None,
+    stage: Annotated[str, typer.Option(help="with --role: shadow, ab or champion")] = "champion",
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Complete a manual review: approve (becomes champion) or reject a challenger."""
-    from mlplatform.registry import promote as stage
+    """Sign off in a role (--role), or complete a manual review: approve (becomes champion)
+    or reject a challenger."""
+    from mlplatform import tracking
+    from mlplatform.errors import RegistryError
+    from mlplatform.registry import promote as stage_module
 
-    result = stage.review(
-        *setup(params), version=version, approve=approve, reviewer=reviewer, reason=reason
+    loaded, paths = setup(params)
+    version = version_arg or version
+    if version is None:
+        raise RegistryError("review: give the VERSION")
+    who = reviewer or tracking.user(loaded)
+    if role is not None:
+        out = stage_module.signoff(
+            loaded, paths, version=version, role=role, approve=approve, person=who,
+            reason=reason, stage=stage,
+        )  # fmt: skip
+        champion = out["aliases_after"].get("champion")
+        typer.echo(
+            f"version {version}: {out['decision']} as {role} by {who} (#{out['seq']}); "
+            f"{'; '.join(out['status'])}; champion is v{champion}"
+        )
+        return
+    result = stage_module.review(
+        loaded, paths, version=version, approve=approve, reviewer=who, reason=reason
     )
     typer.echo(
-        f"version {version}: {result['decision']} by {reviewer}; "
+        f"version {version}: {result['decision']} by {who}; "
         f"champion is now v{result['aliases_after'].get('champion')}"
     )
 

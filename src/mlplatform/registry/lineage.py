@@ -178,6 +178,11 @@ def gather(client: Any, params: Params, name: str, version: str) -> dict[str, An
             for r in mine
             if r["action"] == "promote"
         ],
+        "path": [
+            f"{r['action']}:{r.get('decision')}"
+            for r in mine
+            if r["action"] in ("deploy", "promote", "signoff", "release", "review", "shadow", "ab")
+        ],
         "events": [
             {
                 k: r.get(k)
@@ -282,6 +287,8 @@ def render(info: dict[str, Any]) -> list[tuple[str, bool]]:
         add(f"  gate #{g['seq']} {g['when'][:19]} {g['decision']}{dry}: {g['reason']}")
         if rules:
             add(f"            {rules}")
+    if info.get("path"):
+        add(f"  path      {' -> '.join(info['path'])}")
     for e in info["events"]:
         who = e["actor"] + (f" ({e['role']})" if e.get("role") else "")
         add(

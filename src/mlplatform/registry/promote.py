@@ -20,7 +20,7 @@ from mlplatform.errors import RegistryError
 from mlplatform.evaluation import measure
 from mlplatform.evaluation.measure import Figures
 from mlplatform.io import read_json, write_json
-from mlplatform.registry import fit_rows, gates, lineage, versions
+from mlplatform.registry import audit, fit_rows, gates, lineage, release_gate, signoffs, versions
 from mlplatform.registry.events import CardStore, record_event
 from mlplatform.registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
@@ -71,6 +71,7 @@ def promote(
     cards = CardStore(client)
     with _lock(params, paths):
         mv = versions.get_version(client, name, version)
+        _refuse_deployment(mv, name)
         before = versions.aliases(client, name)
         champion = before.get(CHAMPION)
         if champion == version:
@@ -107,6 +108,18 @@ def promote(
                 [cand_model, champ_model], sample, cfg.latency_repeats
             )
         verdict = gates.decide(cand, champ, cfg, comparison)
+        rel = params.release
+        if rel.gate_uses_shadow and champion is not None:
+            report = release_gate.shadow_report_for(client, mv.run_id, champion, version)
+            verdict = release_gate.combine(
+                verdict, release_gate.shadow_rules(report, rel, cfg.primary_metric)
+            )
+        gates_passed = verdict.decision == "approve"
+        state = release_gate.fingerprint(version, dict(mv.tags), champion)
+        given = release_gate.signoffs_of(audit.history(client, name), version)
+        rule, _ = release_gate.signoff_rule(rel, given, state)
+        if rule is not None:
+            verdict = release_gate.combine(verdict, [rule])
         record = {
             "action": "promote",
             "model_name": name,
@@ -144,6 +157,9 @@ def promote(
                         "promotion.rules": rules,
                         # A review is only valid against the champion it was compared with.
                         "promotion.champion_at_decision": champion or "none",
+                        # Sign-offs are given against this state (release_gate.fingerprint).
+                        release_gate.EVALUATED_TAG: state,
+                        release_gate.GATES_PASSED_TAG: str(gates_passed).lower(),
                     },
                 ),
             )
@@ -254,7 +270,19 @@ def review(
     version = str(version)
     with _lock(params, paths):
         mv = versions.get_version(client, name, version)
+        _refuse_deployment(mv, name)
         before = versions.aliases(client, name)
+        required = params.release.signoffs.for_stage(release_gate.STAGE).required
+        if approve and required:
+            state = release_gate.fingerprint(version, dict(mv.tags), before.get(CHAMPION))
+            given = release_gate.signoffs_of(audit.history(client, name), version)
+            ok, why = signoffs.ready(release_gate.STAGE, given, params.release.signoffs, state)
+            if not ok:
+                raise RegistryError(
+                    f"registered model '{name}' version {version} needs its sign-offs first "
+                    f"(`mlplatform review {version} --role ROLE --approve --reason ...`): "
+                    + "; ".join(why)
+                )
         pending = before.get(CHALLENGER) == version or mv.tags.get("promotion.decision") == "review"
         if not pending:
             raise RegistryError(
@@ -288,6 +316,85 @@ def review(
         )
     log.info("review of %s v%s by %s: %s", name, version, reviewer, decision)
     return {**record, "aliases_before": before, "aliases_after": after}
+
+
+def _refuse_deployment(mv: Any, name: str) -> None:
+    from mlplatform.serving import release
+
+    if release.is_deployment(mv):
+        spec = release.spec_of(mv)
+        raise RegistryError(
+            f"registered model '{name}' version {mv.version} is a {spec.mode} deployment "
+            f"(champion v{spec.champion_version}, challenger v{spec.challenger_version}), not "
+            f"a model: promote v{spec.challenger_version} itself"
+        )
+
+
+def signoff(
+    params: Params,
+    paths: Paths,
+    *,
+    version: str,
+    role: str,
+    approve: bool,
+    person: str,
+    reason: str,
+    stage: str = release_gate.STAGE,
+) -> dict[str, Any]:
+    """Record one sign-off; when it completes the required ones of a version whose gates
+    passed, the version becomes champion.
+
+    Raises:
+        RegistryError: a deployment version, a version the gate has not evaluated, a role
+            not required, a person not allowed, or a version changed since it was evaluated.
+    """
+    name = params.registry.model_name
+    cfg = params.release.signoffs
+    client, _ = tracking.setup(params)
+    version = str(version)
+    with _lock(params, paths):
+        mv = versions.get_version(client, name, version)
+        _refuse_deployment(mv, name)
+        before = versions.aliases(client, name)
+        champion = before.get(CHAMPION)
+        evaluated = mv.tags.get(release_gate.EVALUATED_TAG)
+        if evaluated is None:
+            raise RegistryError(
+                f"registered model '{name}' version {version} has not been through the gate: "
+                f"run `mlplatform promote --version {version}` before signing off"
+            )
+        state = release_gate.fingerprint(version, dict(mv.tags), champion)
+        given = signoffs.new_signoff(
+            version=version, stage=stage, role=role, person=person, approve=approve,
+            reason=reason, fingerprint=state, cfg=cfg, when=audit.now_iso(),
+            evaluated_fingerprint=evaluated,
+        )  # fmt: skip
+        cards = CardStore(client)
+        record = record_event(
+            params, paths, client, cards,
+            {"action": "signoff", "model_name": name, "version": version, "stage": stage,
+             "role": role, "decision": given.decision, "reason": given.reason,
+             "actor": person, "signoff": given.to_dict(), "champion_before": champion,
+             "champion_after": champion},
+            touched={version},
+            tags=lambda r: (version, {f"signoff.{stage}.{role}.{person}": given.decision}),
+        )  # fmt: skip
+        done, why = signoffs.ready(
+            stage, release_gate.signoffs_of(audit.history(client, name), version), cfg, state
+        )
+        after = before
+        passed = mv.tags.get(release_gate.GATES_PASSED_TAG) == "true"
+        if stage == release_gate.STAGE and done and passed and champion != version:
+            after = _apply(client, name, version, "approve", before, params.registry.mirror_stages)
+            record_event(
+                params, paths, client, cards,
+                _event("release", name, version, "approve",
+                       f"gates passed and {why[0]}", person, before, after),
+                touched={version, champion},
+                tags=lambda r: (version, _decision_tags(r)),
+            )  # fmt: skip
+    log.info("sign-off of %s v%s as %s by %s: %s", name, version, role, person, given.decision)
+    return {**record, "complete": done, "status": why, "aliases_after": after}
 
 
 def rollback(params: Params, paths: Paths, *, actor: str | None, reason: str) -> dict[str, Any]:

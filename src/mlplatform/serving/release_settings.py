@@ -178,3 +178,16 @@ class SignoffConfig(Strict):
         if stage not in STAGES:
             raise KeyError(stage)
         return getattr(self, stage)
+
+
+class ReleaseSettings(Strict):
+    """The ``release`` params section: shadow, A/B and sign-offs, mounted as one field."""
+
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    ab: ABConfig = Field(default_factory=ABConfig)
+    signoffs: SignoffConfig = Field(default_factory=SignoffConfig)
+    gate_uses_shadow: bool = Field(
+        False,
+        description="promote adds the shadow rules (agreement, positive-rate shift, "
+        "failures) from the candidate's latest `mlplatform shadow` report",
+    )
