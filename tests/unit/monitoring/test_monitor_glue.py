@@ -20,6 +20,7 @@ def test_labels_from_text_numbers_and_missing():
     assert y[:2].tolist() == [1.0, 0.0] and np.isnan(y[2]) and y[3] == 1.0
     # Feedback stores text: 1, 1.0 and "1" are one label, as the logged class is.
     assert labels_of(pd.Series([1.0, 0.0, 1]), "1").tolist() == [1.0, 0.0, 1.0]
+    assert labels_of(pd.Series(["0.5", "1.0", "yes"]), "1").tolist() == [0.0, 1.0, 0.0]
     assert labels_of(pd.Series([None, None], dtype=object), "yes") is None
     assert labels_of(pd.Series(["yes"]), None) is None
 
