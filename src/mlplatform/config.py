@@ -14,8 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
-from mlplatform.monitoring.prediction_log.store import PredictionLogSettings
-from mlplatform.monitoring.settings import MonitoringConfig
+from mlplatform.monitoring.settings import MonitoringConfig, PredictionLogSettings
 from mlplatform.serving.release_settings import ReleaseSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings

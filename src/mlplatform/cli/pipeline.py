@@ -130,4 +130,9 @@ def next_steps_text(params: Params, paths: Paths) -> str:
             f"  serve       mlplatform verify 'models:/{name}@champion' && mlflow models serve "
             f"-m 'models:/{name}@champion' --env-manager local --port 5001"
         )
+    if paths.promotion.exists() and paths.reference.exists():
+        lines.append(
+            "  monitor     mlplatform demo-batches && mlplatform monitor --current "
+            "data/demo/shifted.csv    (README: Monitoring)"
+        )
     return "\n".join(lines)

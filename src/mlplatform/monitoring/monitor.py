@@ -71,10 +71,9 @@ def labels_of(values: pd.Series, positive: str | None) -> np.ndarray | None:
     known = values.notna()
     text = values.astype(str).str.strip()
     as_number = pd.to_numeric(text, errors="coerce")
-    whole = text.where(
-        as_number.isna() | (as_number % 1 != 0), as_number.astype("Int64").astype(str)
-    )
-    y = np.where(known, (whole == str(positive)).astype(np.float64), np.nan)
+    whole = as_number.where(as_number % 1 == 0)  # 1.0 -> "1", as feedback stores labels
+    text = text.where(whole.isna(), whole.astype("Int64").astype(str))
+    y = np.where(known, (text == str(positive)).astype(np.float64), np.nan)
     return y.astype(np.float64)
 
 

@@ -99,3 +99,19 @@ class MonitoringConfig(Strict):
         if self.max_known_categories < self.max_categories:
             raise ValueError("max_known_categories must be at least max_categories")
         return self
+
+
+class PredictionLogSettings(Strict):
+    """The ``prediction_log`` params section (``MLPLATFORM_PREDICTION_LOG`` overrides it).
+
+    Here, not in the log's package, so loading params does not import SQLAlchemy.
+    """
+
+    enabled: bool = False
+    url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: predictions.db beside mlflow.db"
+    )
+    flush_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
+    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_queue_rows: Annotated[int, Field(ge=1)] = 100_000
+    close_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0

@@ -55,6 +55,9 @@ def test_all_input_formats_give_class_and_probabilities(project, server):
         assert status == 200, body
         preds = json.loads(body)["predictions"]
         assert len(preds) == 3
+        # One new request id per request (monitoring.served), the same on each of its rows.
+        ids = {p.pop("request_id") for p in preds}
+        assert len(ids) == 1
         for p in preds:
             assert p["prediction"] in ("no", "yes")
             assert p["probability_no"] + p["probability_yes"] == pytest.approx(1.0, abs=1e-6)

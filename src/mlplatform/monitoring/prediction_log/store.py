@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
-from pydantic import Field
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from mlplatform.errors import ConfigError, MlplatformError
-from mlplatform.strict import Strict
+from mlplatform.monitoring.settings import PredictionLogSettings
 
 ENV_URL = "MLPLATFORM_PREDICTION_LOG"
 OFF_WORDS = ("", "0", "off", "false", "no", "none")
@@ -63,19 +62,6 @@ feedback = sa.Table(
 
 class PredictionLogError(MlplatformError):
     """The prediction log cannot be reached or read."""
-
-
-class PredictionLogSettings(Strict):
-    """The ``prediction_log`` params section (``MLPLATFORM_PREDICTION_LOG`` overrides it)."""
-
-    enabled: bool = False
-    url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default: predictions.db beside mlflow.db"
-    )
-    flush_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
-    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    max_queue_rows: Annotated[int, Field(ge=1)] = 100_000
-    close_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
 
 
 def mask(url: str) -> str:
