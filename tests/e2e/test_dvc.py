@@ -97,7 +97,9 @@ def test_full_repro_then_second_repro_is_a_noop(repo):
     elapsed = time.perf_counter() - t0
     # Only the store check runs (always): the store holds every stage's records.
     assert ran(second.stdout) == ["store"]
-    assert elapsed < 30, f"second dvc repro took {elapsed:.1f} s"
+    # A loose bound against a pathological slow path (a re-hash of the data, a search): about
+    # 10 s on an idle 2-core machine, 35 s seen with a load average of 12.
+    assert elapsed < 90, f"second dvc repro took {elapsed:.1f} s"
 
     # The run records the git commit and the dvc.lock hash of the data it used.
     train = json.loads((repo / "reports/train.json").read_text())

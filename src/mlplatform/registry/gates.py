@@ -8,7 +8,8 @@ Both models are measured only on test rows neither was trained or validated on (
 Decision order:
 
 1. reject if the candidate failed to load or score (a version that is not one of ours is
-   refused unread), lacks a model card or explanations (when required);
+   refused unread), lacks a model card or explanations (when required), or has doubtful
+   lineage (with ``require_clean_lineage``): none of these depends on the compared rows;
 2. with a champion and fewer compared rows than ``min_compare_rows``: manual review (the
    figures are recorded but too few rows to judge them);
 3. reject if the candidate misses an absolute floor, fails a fairness limit, or (with a
@@ -247,7 +248,7 @@ def compare(c: Figures, champ: Figures, cfg: PromotionConfig) -> list[Rule]:
 
 
 # Failures that stand however few rows were compared.
-_UNCONDITIONAL = ("loads_and_scores", "model_card", "explanations")
+_UNCONDITIONAL = ("loads_and_scores", "model_card", "explanations", "lineage")
 
 
 def comparison_rules(cmp: Comparison, cfg: PromotionConfig, has_champion: bool) -> list[Rule]:

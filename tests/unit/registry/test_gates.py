@@ -525,3 +525,10 @@ def test_a_version_without_recorded_fit_rows_is_flagged_not_fatal():
     assert flag.outcome == "info" and "champion v1" in flag.detail
     assert "may include its training rows" in flag.detail
     assert "could not be left out" in cmp.why()
+
+
+def test_doubtful_lineage_rejects_even_on_too_few_rows():
+    dirty = candidate(lineage_problems=["registered from a dirty tree"])
+    v = decide(dirty, champion(), cfg(require_clean_lineage=True), comparison(10))
+    assert v.decision == "reject" and "dirty tree" in v.reason
+    assert decide(dirty, champion(), CFG, comparison(10)).decision == "review"  # info only
