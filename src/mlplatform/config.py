@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
+from mlplatform.search.settings import WorkersSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
 
@@ -423,6 +424,7 @@ class Params(Strict):
     score: ScoreConfig = ScoreConfig()
     mlflow: TrackingConfig = TrackingConfig()
     server: ServerSettings = ServerSettings()
+    search_workers: WorkersSettings = WorkersSettings()
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""

@@ -89,7 +89,9 @@ def _finite(v: Any) -> bool:
 class _Child:
     """A forked helper process fed through a queue (see TrackingWorker)."""
 
-    def __init__(self, role: str, uri: str) -> None:
+    def __init__(
+        self, role: str, uri: str, write: Callable[[Any, RunRecord], Any], idle: bool
+    ) -> None:
         import multiprocessing as mp
 
         # fork: the child inherits the imported MLflow and starts in milliseconds; it drops
@@ -99,7 +101,7 @@ class _Child:
         self.results = ctx.Queue()
         self.proc = ctx.Process(
             target=_child_main,
-            args=(role, uri, self.jobs, self.results, os.getpid()),
+            args=(role, uri, self.jobs, self.results, os.getpid(), write, idle),
             name=f"mlflow-{role}",
             daemon=True,
         )
@@ -155,9 +157,18 @@ class TrackingWorker:
     (``tune.reconcile``).
     """
 
-    def __init__(self, uri: str) -> None:
-        self._writer = _Child("writer", uri)
-        self._plotter = _Child("plotter", uri)
+    def __init__(
+        self, uri: str, write: Callable[[Any, RunRecord], Any] | None = None, idle: bool = True
+    ) -> None:
+        """Args:
+        write: how a run is written (``write_run``; parallel workers check first, under a
+            lock, that no other process wrote it).
+        idle: run the helpers at idle priority (parallel workers, which may hold a lock
+            while writing, use nice 10 instead).
+        """
+        write = write or write_run
+        self._writer = _Child("writer", uri, write, idle)
+        self._plotter = _Child("plotter", uri, write, idle)
         self._closed = False
         self.submitted = 0
         self.written = 0
@@ -200,7 +211,15 @@ class TrackingWorker:
         self._closed = True
 
 
-def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -> None:
+def _child_main(
+    role: str,
+    uri: str,
+    jobs: Any,
+    results: Any,
+    parent_pid: int,
+    write: Callable[[Any, RunRecord], Any] = write_run,
+    idle: bool = True,
+) -> None:
     import signal
 
     # Ctrl-C reaches the whole process group: let the parent decide when we stop.
@@ -210,10 +229,12 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
     _die_with_parent(parent_pid)
     # The search comes first: helpers only get CPU the search leaves idle.
     try:
+        if not idle:
+            raise AttributeError
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
-            os.nice(19)
+            os.nice(19 if idle else 10)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -240,7 +261,7 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
         t0 = time.perf_counter()
         try:
             if kind == "run":
-                write_run(client, payload)
+                write(client, payload)
                 written += 1
             else:
                 _log_plots(client, *payload)
