@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from mlplatform import tracking
@@ -167,7 +169,7 @@ def run_parallel(params: Params, paths: Paths, n: int) -> dict[str, Any]:
                 f"search interrupted; run the same command again to resume study {name}"
             ) from None
         search_s = time.perf_counter() - t_search
-        reports = _worker_reports(study, procs, codes)
+        reports = _worker_reports(study, procs, codes, threads)
         spec_path.unlink(missing_ok=True)
         if all(code != 0 for code in codes.values()):
             raise MlplatformError(
@@ -235,7 +237,7 @@ def _stop(procs: dict[int, subprocess.Popen]) -> None:
 
 
 def _worker_reports(
-    study: optuna.Study, procs: dict[int, subprocess.Popen], codes: dict[int, int]
+    study: optuna.Study, procs: dict[int, subprocess.Popen], codes: dict[int, int], threads: int
 ) -> list[dict[str, Any]]:
     """Which trials each worker of this machine ran (from the study: a killed worker too)."""
     trials = study.get_trials(deepcopy=False)
@@ -244,6 +246,7 @@ def _worker_reports(
             "index": index,
             "pid": proc.pid,
             "exit_code": codes.get(index),
+            "threads": threads,
             "trials": [
                 t.number
                 for t in trials
@@ -329,9 +332,14 @@ def run_one(study: optuna.Study, trial: optuna.Trial, func: Any) -> FrozenTrial:
         except KeyboardInterrupt:
             shared._requeue(study, study.tell(trial, state=TrialState.FAIL))
             raise
-    if state is None:
-        return study.tell(trial, value)
-    return study.tell(trial, state=state)
+    try:
+        if state is None:
+            return study.tell(trial, value)
+        return study.tell(trial, state=state)
+    except (ValueError, UpdateFinishedTrialError):
+        # Failed meanwhile by another worker (its heartbeat looked stale): keep that verdict.
+        log.warning("trial %d was failed by another worker while it ran", trial.number)
+        return study._storage.get_trial(trial._trial_id)
 
 
 def work(spec: dict[str, Any], index: int) -> int:
@@ -359,15 +367,27 @@ def work(spec: dict[str, Any], index: int) -> int:
     func = tune.make_objective(params, data, spaces, metric)
     me = _worker_id(os.getpid())
     deadline = time.monotonic() + (params.tune.timeout_s or float("inf"))
+    # Without heartbeats a shared storage cannot tell a dead worker from a slow one: do not
+    # wait for other workers' trials there (locally the tune fails its dead workers' trials).
+    can_wait = url is None or is_heartbeat_enabled(storage)
     code = 0
     try:
         while time.monotonic() < deadline:
+            trial = None
             with locks.claim():
                 shared.fail_stale(study)
-                if shared.budget_used(study) >= params.tune.n_trials:
+                if shared.budget_used(study) < params.tune.n_trials:
+                    trial = study.ask()
+                    trial.set_user_attr(shared.WORKER_ATTR, me)
+                elif not can_wait or not study.get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,)
+                ):
                     break
-                trial = study.ask()
-                trial.set_user_attr(shared.WORKER_ATTR, me)
+            if trial is None:
+                # The budget is spent but trials still run: one whose worker dies is
+                # queued again, and this worker takes it.
+                time.sleep(0.5)
+                continue
             done = run_one(study, trial, func)
             writer.submit(record(done))
             value = "-" if done.value is None else f"{done.value:.4f}"
