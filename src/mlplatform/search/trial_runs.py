@@ -158,17 +158,22 @@ class TrackingWorker:
     """
 
     def __init__(
-        self, uri: str, write: Callable[[Any, RunRecord], Any] | None = None, idle: bool = True
+        self,
+        uri: str,
+        write: Callable[[Any, RunRecord], Any] | None = None,
+        idle: bool = True,
+        plots: bool = True,
     ) -> None:
         """Args:
         write: how a run is written (``write_run``; parallel workers check first, under a
             lock, that no other process wrote it).
-        idle: run the helpers at idle priority (parallel workers, which may hold a lock
-            while writing, use nice 10 instead).
+        idle: run the helpers at idle priority (parallel workers, which hold a lock while
+            writing, keep normal priority).
+        plots: start the plotter (a search worker that only writes trial runs does not).
         """
         write = write or write_run
         self._writer = _Child("writer", uri, write, idle)
-        self._plotter = _Child("plotter", uri, write, idle)
+        self._plotter = _Child("plotter", uri, write, idle) if plots else None
         self._closed = False
         self.submitted = 0
         self.written = 0
@@ -198,7 +203,8 @@ class TrackingWorker:
         except RuntimeError as exc:
             problems.append(str(exc))
         try:
-            self._plotter.finish(timeout)
+            if self._plotter is not None:
+                self._plotter.finish(timeout)
         except RuntimeError as exc:
             problems.append(str(exc))
         self.abandon()
@@ -207,7 +213,8 @@ class TrackingWorker:
     def abandon(self) -> None:
         """Stop the helpers without waiting (the parent is being interrupted)."""
         self._writer.kill()
-        self._plotter.kill()
+        if self._plotter is not None:
+            self._plotter.kill()
         self._closed = True
 
 
@@ -228,13 +235,13 @@ def _child_main(
     # races the next run's reconcile. Elsewhere the orphan check below does it, within 1 s.
     _die_with_parent(parent_pid)
     # The search comes first: helpers only get CPU the search leaves idle.
-    try:
-        if not idle:
-            raise AttributeError
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19 if idle else 10)
+    # (Parallel workers' writers hold a lock while they write: they keep normal priority.)
+    if idle:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            with contextlib.suppress(OSError):
+                os.nice(19)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -169,6 +169,7 @@ def run_parallel(params: Params, paths: Paths, n: int) -> dict[str, Any]:
                 f"search interrupted; run the same command again to resume study {name}"
             ) from None
         search_s = time.perf_counter() - t_search
+        log.info("study %s: this machine's workers ended after %.1f s", name, search_s)
         reports = _worker_reports(study, procs, codes, threads)
         spec_path.unlink(missing_ok=True)
         if all(code != 0 for code in codes.values()):
@@ -180,6 +181,7 @@ def run_parallel(params: Params, paths: Paths, n: int) -> dict[str, Any]:
             with locks.claim():
                 shared.fail_stale(study)
             summary = _finish(study, client, exp_id, parent_id, record, locks, params, search_s)
+    log.info("study %s: closed in %.1f s", name, time.perf_counter() - t_search - search_s)
     summary.update(study_name=name, parent_run_id=parent_id, experiment_id=exp_id)
     summary["workers"] = reports
     write_json(paths.tune_report, summary)
@@ -362,7 +364,10 @@ def work(spec: dict[str, Any], index: int) -> int:
     )
     record = _record(params, paths, spec["experiment_id"], spec["parent_run_id"], name)
     writer = TrackingWorker(
-        spec["tracking_uri"], write=shared.WriteOnce(locks, spec["parent_run_id"]), idle=False
+        spec["tracking_uri"],
+        write=shared.WriteOnce(locks, spec["parent_run_id"]),
+        idle=False,
+        plots=False,
     )
     func = tune.make_objective(params, data, spaces, metric)
     me = _worker_id(os.getpid())
@@ -403,10 +408,17 @@ def work(spec: dict[str, Any], index: int) -> int:
         writer.abandon()
         code = 130
     else:
+        t_close = time.perf_counter()
         for problem in writer.close():
             log.warning(
                 "worker %d tracking helper: %s (its runs are rebuilt at the end)", index, problem
             )
+        log.info(
+            "worker %d: %d run(s) written, %.1f s after its last trial",
+            index,
+            writer.written,
+            time.perf_counter() - t_close,
+        )
     return code
 
 
