@@ -1,29 +1,28 @@
 """Parallel search: trials per minute with 1 and 2 workers of one thread each, side by side.
 
 The same study config (default dataset HMDA, one XGBoost family with a fixed number of
-trees so every trial costs about the same, pruning off, ``tune.n_jobs: 1``), each run on a
-fresh copy of one prepared project (fresh journal storage, fresh sqlite MLflow store),
-through the real ``mlplatform tune``:
+trees so trials cost about the same, pruning off, ``tune.n_jobs: 1``), each run on a fresh
+copy of one prepared project (fresh journal storage, fresh sqlite MLflow store):
 
-- single: today's search (no ``--workers``): one process, one thread;
-- 1 worker: ``--workers 1`` (parallel mode, forced with a sqlite RDB study storage so it
-  takes the same code path as 2 workers), one thread;
-- 2 workers: ``--workers 2`` with ``search_workers.threads: 1`` on the local journal.
+- single: today's search (``tune.run``, no ``--workers``): one process, one thread;
+- 1 worker: the parallel path (``workers.run_parallel``) with one worker process;
+- 2 workers: the same with two worker processes, ``search_workers.threads: 1``.
 
-Rounds are interleaved (shuffled order per round); round r uses seed 42 + r for every
-variant. Throughput is trials / (first trial start -> last trial end) from the Optuna
-storage (the search itself, without process start-up and data loading, reported apart as
-wall time). Scaling efficiency = (2-worker rate / 1-worker rate) / 2, against both
-baselines. Best values: the mean best per variant; "noise" is the spread of the single
-search's best across seeds.
+Both parallel variants share Optuna's journal file with its lock (the local storage of
+``--workers``). Rounds are interleaved (shuffled order per round); round r uses seed 42 + r
+for every variant. Throughput is trials / (first trial start -> last trial end) from the
+Optuna storage: the search itself, without process start-up and data loading (the wall time
+of each call is reported apart). Scaling efficiency = (2-worker rate / 1-worker rate) / 2,
+against both baselines. Best values: the mean best per variant; "noise" is the spread of
+the single search's best across seeds.
 
-    python bench/search_workers.py [--rounds 3] [--trials 40]
+    python bench/search_workers.py [--rounds 3] [--trials 24]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import random
 import shutil
@@ -32,11 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
 
 from common import ROOT
+
+warnings.filterwarnings("ignore")
+logging.disable(logging.INFO)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 BIN = Path(sys.executable).parent
 CLI = BIN / "mlplatform"
@@ -89,40 +93,44 @@ def make_project(folder: Path, trials: int) -> Path:
     return folder
 
 
-def _trials(project: Path, storage_url: str | None):
+def _trials(project: Path):
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    if storage_url:
-        store = optuna.storages.RDBStorage(storage_url)
-    else:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        store = JournalStorage(JournalFileBackend(str(project / ".mlplatform/optuna.journal")))
+    store = JournalStorage(JournalFileBackend(str(project / ".mlplatform/optuna.journal")))
     (summary,) = optuna.get_all_study_summaries(store)
     return optuna.load_study(study_name=summary.study_name, storage=store).trials
 
 
 def run_variant(base: Path, work: Path, variant: str, seed: int) -> dict:
-    project = work / f"{variant}-{seed}"
+    """One fresh copy of the project, one search; the coordinator runs in this process."""
+    from mlplatform.config import Paths, load_params
+    from mlplatform.search import tune, workers
+
+    project = work / f"{variant.replace(' ', '-')}-{seed}"
     skip = shutil.ignore_patterns("mlflow.db", "mlruns", ".mlplatform")
     shutil.copytree(base, project, ignore=skip)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["seed"] = seed
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    env, args, url = {}, [], None
-    if variant == "1 worker":
-        url = f"sqlite:///{project / 'optuna.db'}"
-        env = {"MLPLATFORM_OPTUNA_STORAGE": url}
-        args = ["--workers", "1"]
-    elif variant == "2 workers":
-        args = ["--workers", "2"]
-    wall = _cli(project, "tune", *args, env=env)
-    trials = [t for t in _trials(project, url) if t.state.name == "COMPLETE"]
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["seed"] = seed
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"  # one store per copy
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        params, paths = load_params(Path("params.yaml")), Paths(".")
+        t0 = time.perf_counter()
+        if variant == "single":
+            report = tune.run(params, paths)
+        else:
+            report = workers.run_parallel(params, paths, int(variant.split()[0]))
+        wall = time.perf_counter() - t0
+        trials = [t for t in _trials(project) if t.state.name == "COMPLETE"]
+    finally:
+        os.chdir(here)
     start = min(t.datetime_start for t in trials)
     end = max(t.datetime_complete for t in trials)
     span = (end - start).total_seconds()
-    report = json.loads((project / "reports/tune.json").read_text())
     shutil.rmtree(project, ignore_errors=True)
     return {
         "variant": variant,
@@ -138,7 +146,7 @@ def run_variant(base: Path, work: Path, variant: str, seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--trials", type=int, default=24)
     args = ap.parse_args()
     variants = ["single", "1 worker", "2 workers"]
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:

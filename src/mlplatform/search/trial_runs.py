@@ -89,9 +89,7 @@ def _finite(v: Any) -> bool:
 class _Child:
     """A forked helper process fed through a queue (see TrackingWorker)."""
 
-    def __init__(
-        self, role: str, uri: str, write: Callable[[Any, RunRecord], Any], idle: bool
-    ) -> None:
+    def __init__(self, role: str, uri: str, write: Callable[[Any, RunRecord], Any]) -> None:
         import multiprocessing as mp
 
         # fork: the child inherits the imported MLflow and starts in milliseconds; it drops
@@ -101,7 +99,7 @@ class _Child:
         self.results = ctx.Queue()
         self.proc = ctx.Process(
             target=_child_main,
-            args=(role, uri, self.jobs, self.results, os.getpid(), write, idle),
+            args=(role, uri, self.jobs, self.results, os.getpid(), write),
             name=f"mlflow-{role}",
             daemon=True,
         )
@@ -161,19 +159,16 @@ class TrackingWorker:
         self,
         uri: str,
         write: Callable[[Any, RunRecord], Any] | None = None,
-        idle: bool = True,
         plots: bool = True,
     ) -> None:
         """Args:
         write: how a run is written (``write_run``; parallel workers check first, under a
             lock, that no other process wrote it).
-        idle: run the helpers at idle priority (parallel workers, which hold a lock while
-            writing, keep normal priority).
         plots: start the plotter (a search worker that only writes trial runs does not).
         """
         write = write or write_run
-        self._writer = _Child("writer", uri, write, idle)
-        self._plotter = _Child("plotter", uri, write, idle) if plots else None
+        self._writer = _Child("writer", uri, write)
+        self._plotter = _Child("plotter", uri, write) if plots else None
         self._closed = False
         self.submitted = 0
         self.written = 0
@@ -225,7 +220,6 @@ def _child_main(
     results: Any,
     parent_pid: int,
     write: Callable[[Any, RunRecord], Any] = write_run,
-    idle: bool = True,
 ) -> None:
     import signal
 
@@ -235,13 +229,13 @@ def _child_main(
     # races the next run's reconcile. Elsewhere the orphan check below does it, within 1 s.
     _die_with_parent(parent_pid)
     # The search comes first: helpers only get CPU the search leaves idle.
-    # (Parallel workers' writers hold a lock while they write: they keep normal priority.)
-    if idle:
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (AttributeError, OSError):
-            with contextlib.suppress(OSError):
-                os.nice(19)
+    # (SCHED_IDLE is a very low weight, not strict: a parallel worker's writer holding the
+    # runs lock still gets on; at normal priority it made the worker's trials ~1.5x slower.)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

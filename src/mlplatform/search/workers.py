@@ -165,6 +165,8 @@ def run_parallel(params: Params, paths: Paths, n: int) -> dict[str, Any]:
                 for index in procs:
                     shared.fail_running(study, _worker_id(procs[index].pid))
             shared.reconcile_runs(study, client, exp_id, parent_id, record, locks)
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                client.set_terminated(parent_id, "KILLED")  # no other machine is searching
             raise MlplatformError(
                 f"search interrupted; run the same command again to resume study {name}"
             ) from None
@@ -304,7 +306,7 @@ def _finish(
     else:
         metric: Objective = objective(params.tune.metric)
         writer = TrackingWorker(
-            tracking.tracking_uri(params), write=shared.WriteOnce(locks, parent_id), idle=False
+            tracking.tracking_uri(params), write=shared.WriteOnce(locks, parent_id)
         )
         spaces = search_space.parse(params.tune)
         summary = tune.finish_parent(
@@ -366,7 +368,6 @@ def work(spec: dict[str, Any], index: int) -> int:
     writer = TrackingWorker(
         spec["tracking_uri"],
         write=shared.WriteOnce(locks, spec["parent_run_id"]),
-        idle=False,
         plots=False,
     )
     func = tune.make_objective(params, data, spaces, metric)
