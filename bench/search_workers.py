@@ -14,7 +14,8 @@ for every variant. Throughput is trials / (first trial start -> last trial end) 
 Optuna storage: the search itself, without process start-up and data loading (the wall time
 of each call is reported apart). Scaling efficiency = (2-worker rate / 1-worker rate) / 2,
 against both baselines. Best values: the mean best per variant; "noise" is the spread of
-the single search's best across seeds.
+the single search's best across seeds. CPU seconds per trial (this process and every
+finished descendant, start-up included) do not depend on how loaded the machine is.
 
     python bench/search_workers.py [--rounds 3] [--trials 24]
 """
@@ -103,6 +104,15 @@ def _trials(project: Path):
     return optuna.load_study(study_name=summary.study_name, storage=store).trials
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of every finished descendant (workers, helpers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_variant(base: Path, work: Path, variant: str, seed: int) -> dict:
     """One fresh copy of the project, one search; the coordinator runs in this process."""
     from mlplatform.config import Paths, load_params
@@ -119,12 +129,12 @@ def run_variant(base: Path, work: Path, variant: str, seed: int) -> dict:
     os.chdir(project)
     try:
         params, paths = load_params(Path("params.yaml")), Paths(".")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu()
         if variant == "single":
             report = tune.run(params, paths)
         else:
             report = workers.run_parallel(params, paths, int(variant.split()[0]))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
         trials = [t for t in _trials(project) if t.state.name == "COMPLETE"]
     finally:
         os.chdir(here)
@@ -139,6 +149,7 @@ def run_variant(base: Path, work: Path, variant: str, seed: int) -> dict:
         "span_s": span,
         "per_min": 60 * len(trials) / span,
         "wall_s": wall,
+        "cpu_per_trial": cpu / len(trials),
         "best": report["best"]["value"],
     }
 
@@ -171,13 +182,14 @@ def main() -> None:
     rate = {v: statistics.median(r["per_min"] for r in rs) for v, rs in by.items()}
     wall = {v: statistics.median(r["wall_s"] for r in rs) for v, rs in by.items()}
     best = {v: statistics.mean(r["best"] for r in rs) for v, rs in by.items()}
+    cpu = {v: statistics.median(r["cpu_per_trial"] for r in rs) for v, rs in by.items()}
     single_bests = [r["best"] for r in by["single"]]
     noise = max(single_bests) - min(single_bests)
     print(f"\ncores {len(os.sched_getaffinity(0))}, load average at the end {load[0]:.2f}")
-    print("| variant | trials/min (median) | wall s (median) | mean best valid AP |")
-    print("| --- | --- | --- | --- |")
+    print("| variant | trials/min (median) | CPU s per trial | wall s (median) | mean best AP |")
+    print("| --- | --- | --- | --- | --- |")
     for v in variants:
-        print(f"| {v} | {rate[v]:.1f} | {wall[v]:.1f} | {best[v]:.4f} |")
+        print(f"| {v} | {rate[v]:.1f} | {cpu[v]:.2f} | {wall[v]:.1f} | {best[v]:.4f} |")
     for baseline in ("single", "1 worker"):
         eff = rate["2 workers"] / rate[baseline] / 2
         print(f"scaling efficiency, 2 workers vs {baseline}: {eff:.2f} (target >= 0.85)")
