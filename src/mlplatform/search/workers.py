@@ -348,6 +348,10 @@ def run_one(study: optuna.Study, trial: optuna.Trial, func: Any) -> FrozenTrial:
 
 def work(spec: dict[str, Any], index: int) -> int:
     """One worker: claim trials from the shared budget until it is spent."""
+    import warnings
+
+    # ask/tell with our own heartbeat thread (run_one) is what Study.optimize does.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     params = Params.model_validate(spec["params"])
     threads = int(spec["threads"])
     params = params.model_copy(update={"tune": params.tune.model_copy(update={"n_jobs": threads})})
