@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
 from mlplatform.monitoring.settings import MonitoringConfig, PredictionLogSettings
+from mlplatform.search.settings import WorkersSettings
 from mlplatform.serving.release_settings import ReleaseSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
@@ -431,6 +432,7 @@ class Params(Strict):
     prediction_log: PredictionLogSettings = PredictionLogSettings()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseSettings = ReleaseSettings()
+    search_workers: WorkersSettings = WorkersSettings()
 
     def section_hash(self, *sections: str) -> str:
         """A short, stable hash of some sections (all of them when none are named)."""

@@ -21,7 +21,7 @@ STAGE_MODULES = {
     "store": "mlplatform.tracking.store",
     "ingest": "mlplatform.data.ingest",
     "prepare": "mlplatform.data.prepare",
-    "tune": "mlplatform.search.tune",
+    "tune": "mlplatform.search.workers",  # tune.run, or parallel workers (--workers N)
     "train": "mlplatform.modeling.train",
     "evaluate": "mlplatform.evaluation.evaluate",
     "explain": "mlplatform.evaluation.explain",
@@ -58,7 +58,28 @@ def _stage_command(name: str):
 
 
 for _name in STAGE_HELP:
-    app.command(name=_name)(_stage_command(_name))
+    if _name != "tune":
+        app.command(name=_name)(_stage_command(_name))
+
+
+@app.command("tune")
+def tune_command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="parallel search workers sharing the study (also MLPLATFORM_TUNE_WORKERS, "
+            "search_workers.workers); run the same on other machines to join it",
+        ),
+    ] = None,
+) -> None:
+    from mlplatform.search import workers as search_workers
+
+    search_workers.run(*setup(params), workers=workers)
+
+
+tune_command.__doc__ = STAGE_HELP["tune"]
 
 
 @app.command()

@@ -89,7 +89,7 @@ def _finite(v: Any) -> bool:
 class _Child:
     """A forked helper process fed through a queue (see TrackingWorker)."""
 
-    def __init__(self, role: str, uri: str) -> None:
+    def __init__(self, role: str, uri: str, write: Callable[[Any, RunRecord], Any]) -> None:
         import multiprocessing as mp
 
         # fork: the child inherits the imported MLflow and starts in milliseconds; it drops
@@ -99,7 +99,7 @@ class _Child:
         self.results = ctx.Queue()
         self.proc = ctx.Process(
             target=_child_main,
-            args=(role, uri, self.jobs, self.results, os.getpid()),
+            args=(role, uri, self.jobs, self.results, os.getpid(), write),
             name=f"mlflow-{role}",
             daemon=True,
         )
@@ -155,9 +155,20 @@ class TrackingWorker:
     (``tune.reconcile``).
     """
 
-    def __init__(self, uri: str) -> None:
-        self._writer = _Child("writer", uri)
-        self._plotter = _Child("plotter", uri)
+    def __init__(
+        self,
+        uri: str,
+        write: Callable[[Any, RunRecord], Any] | None = None,
+        plots: bool = True,
+    ) -> None:
+        """Args:
+        write: how a run is written (``write_run``; parallel workers check first, under a
+            lock, that no other process wrote it).
+        plots: start the plotter (a search worker that only writes trial runs does not).
+        """
+        write = write or write_run
+        self._writer = _Child("writer", uri, write)
+        self._plotter = _Child("plotter", uri, write) if plots else None
         self._closed = False
         self.submitted = 0
         self.written = 0
@@ -187,7 +198,8 @@ class TrackingWorker:
         except RuntimeError as exc:
             problems.append(str(exc))
         try:
-            self._plotter.finish(timeout)
+            if self._plotter is not None:
+                self._plotter.finish(timeout)
         except RuntimeError as exc:
             problems.append(str(exc))
         self.abandon()
@@ -196,11 +208,19 @@ class TrackingWorker:
     def abandon(self) -> None:
         """Stop the helpers without waiting (the parent is being interrupted)."""
         self._writer.kill()
-        self._plotter.kill()
+        if self._plotter is not None:
+            self._plotter.kill()
         self._closed = True
 
 
-def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -> None:
+def _child_main(
+    role: str,
+    uri: str,
+    jobs: Any,
+    results: Any,
+    parent_pid: int,
+    write: Callable[[Any, RunRecord], Any] = write_run,
+) -> None:
     import signal
 
     # Ctrl-C reaches the whole process group: let the parent decide when we stop.
@@ -209,6 +229,8 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
     # races the next run's reconcile. Elsewhere the orphan check below does it, within 1 s.
     _die_with_parent(parent_pid)
     # The search comes first: helpers only get CPU the search leaves idle.
+    # (SCHED_IDLE is a very low weight, not strict: a parallel worker's writer holding the
+    # runs lock still gets on; at normal priority it made the worker's trials ~1.5x slower.)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -240,7 +262,7 @@ def _child_main(role: str, uri: str, jobs: Any, results: Any, parent_pid: int) -
         t0 = time.perf_counter()
         try:
             if kind == "run":
-                write_run(client, payload)
+                write(client, payload)
                 written += 1
             else:
                 _log_plots(client, *payload)
