@@ -89,6 +89,7 @@ def main() -> None:
     logged = {**base, "MLPLATFORM_PREDICTION_LOG": f"sqlite:///{project / 'bench-predictions.db'}"}
     servers = {
         "champion alone": (f"models:/{args.name}@champion", base),
+        "shadow, log off": (f"models:/{args.name}@shadow", base),
         "shadow": (f"models:/{args.name}@shadow", logged),
         "shadow, challenger raises": (
             f"models:/{args.name}@shadow", {**logged, "MLPLATFORM_SHADOW_FAULT": "raise"}),

@@ -251,12 +251,17 @@ def ab_test(params: Params, paths: Paths) -> dict[str, Any]:
     positive = _positive(paths, classes)
     labels = rows["label"].where(rows["label"].notna(), None).to_numpy(object)
     prob_col = f"{prediction_log.PROBA_PREFIX}{positive}"
-    values = ab.per_row_values(
-        cfg.primary_metric,
-        labels=labels,
-        predicted=rows["prediction"].to_numpy(object),
-        probability=rows[prob_col].to_numpy(float) if prob_col in rows else None,
-        positive_class=str(positive),
+    # (per_row_values cannot take zero rows: nothing served yet is nothing to compare)
+    values = (
+        np.array([], dtype=float)
+        if rows.empty
+        else ab.per_row_values(
+            cfg.primary_metric,
+            labels=labels,
+            predicted=rows["prediction"].to_numpy(object),
+            probability=rows[prob_col].to_numpy(float) if prob_col in rows else None,
+            positive_class=str(positive),
+        )
     )
     result = ab.compare_arms(rows["arm"].to_numpy(object), values, cfg).to_dict()
     served = rows["arm"].value_counts().to_dict()
