@@ -39,7 +39,7 @@ class FidelitySettings(Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
     min_trials: Annotated[int, Field(ge=1)] = 3
     min_rows: Annotated[int, Field(ge=1)] = 200
-    early_stopping_rounds: Annotated[int, Field(ge=1)] | None = 30
+    early_stopping_rounds: Annotated[int, Field(ge=1)] | None = 50
     forest_max_rows: Annotated[int, Field(ge=1)] | None = 100_000
 
     @field_validator("rungs")
