@@ -46,6 +46,13 @@ logging.disable(logging.INFO)
 OUT = ROOT / "bench" / "results"
 FLAML_VENV = Path("/tmp/flaml-venv")
 FLAML_PIN = "flaml[automl]==2.7.0"
+FRAUD = {
+    "data.source": "synthetic_fraud",
+    "data.target": "Class",
+    "data.positive_class": 1,
+    "data.sensitive_features": [],
+    "data.slice_columns": [],
+}
 OLD = {"tune.fidelity": {"rungs": [1.0], "early_stopping_rounds": None, "forest_max_rows": None}}
 
 FLAML_RUNNER = r"""
@@ -256,7 +263,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             over = {"tune.n_trials": args.trials}
             if source:
-                over.update({"data.source": source, "data.rows": rows})
+                over.update({**FRAUD, "data.rows": rows})
             params, paths = make_project(Path(tmp), over)
             label = f"{params.data.source}" + (f" {rows:,} rows" if rows else "")
             data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
@@ -283,7 +290,7 @@ def main() -> int:
         results["flaml"] = []
         with tempfile.TemporaryDirectory() as tmp:
             over = {
-                "data.source": "synthetic_fraud",
+                **FRAUD,
                 "data.rows": args.flaml_rows,
                 "tune.n_trials": 10_000,
             }
