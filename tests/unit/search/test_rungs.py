@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from mlplatform.config import parse_params
 from mlplatform.evaluation.metrics import objective
 from mlplatform.modeling import families
 from mlplatform.search import rungs, storage, trial_runs, tune
 from mlplatform.search import space as search_space
-from support.project import make_params
+from support.small_search import small_data, small_params
 
 # --------------------------------------------------------------------------------------
 # Pure parts.
@@ -59,46 +56,13 @@ def test_promote_keeps_the_best_fraction():
 # A small search.
 
 
-def _data(n: int = 2400, seed: int = 0) -> tune.SearchData:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 6))
-    logit = 1.5 * x[:, 0] - x[:, 1] + 0.7 * x[:, 2] * x[:, 3] - 1.5
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    cut = int(n * 0.7)
-    return tune.SearchData(
-        schema=types.SimpleNamespace(classes=[0, 1]),
-        y_train=y[:cut],
-        y_valid=y[cut:],
-        x_train={True: x[:cut], False: x[:cut]},
-        x_valid={True: x[cut:], False: x[cut:]},
-    )
-
-
-def _params(overrides=None):
-    base = {
-        "tune.n_trials": 12,
-        "tune.n_jobs": 1,
-        "tune.timeout_s": None,
-        "tune.fidelity.min_rows": 50,
-        "tune.families": {
-            "logistic_regression": {"C": {"low": 0.001, "high": 10.0, "log": True}},
-            "xgboost": {
-                "n_estimators": 200,
-                "max_depth": {"low": 2, "high": 5},
-                "learning_rate": {"low": 0.03, "high": 0.3, "log": True},
-            },
-        },
-    }
-    return parse_params(make_params({**base, **(overrides or {})}))
-
-
 def _search(params, data):
     return tune.run_search(storage.new_study(params), params, data, params.tune.n_trials)
 
 
 @pytest.fixture(scope="module")
 def searched():
-    params, data = _params(), _data()
+    params, data = small_params(), small_data()
     return params, data, _search(params, data)
 
 
@@ -170,7 +134,7 @@ def test_xgboost_rounds_are_an_outcome(searched):
 
 def test_same_params_same_trials_with_rungs(searched):
     params, _, study = searched
-    again = _search(params, _data())
+    again = _search(params, small_data())
     a, b = study.get_trials(), again.get_trials()
     assert [(t.params, t.state, t.value, t.intermediate_values) for t in a] == [
         (t.params, t.state, t.value, t.intermediate_values) for t in b
@@ -198,7 +162,7 @@ def test_run_record_shows_rungs(searched):
 
 def test_resumed_trial_reuses_the_rungs_of_the_trial_that_died():
     """A retried trial takes the rungs its dead predecessor recorded and fits only the rest."""
-    params, data = _params({"tune.n_trials": 1}), _data()
+    params, data = small_params({"tune.n_trials": 1}), small_data()
     study = storage.new_study(params)
     # A trial that died after rung 0 (what a kill mid-rung leaves in the storage).
     dead = study.ask()
@@ -221,7 +185,7 @@ def test_resumed_trial_reuses_the_rungs_of_the_trial_that_died():
 
 
 def test_fidelity_off_is_the_old_search():
-    params = _params(
+    params = small_params(
         {
             "tune.n_trials": 3,
             "tune.fidelity": {
@@ -231,17 +195,17 @@ def test_fidelity_off_is_the_old_search():
             },
         }
     )
-    study = _search(params, _data())
+    study = _search(params, small_data())
     for t in study.get_trials():
         assert rungs.RUNGS_ATTR not in t.user_attrs
 
 
 def test_rungs_must_end_with_all_rows():
     with pytest.raises(Exception, match=r"end with 1\.0"):
-        _params({"tune.fidelity.rungs": [0.1, 0.5]})
+        small_params({"tune.fidelity.rungs": [0.1, 0.5]})
     with pytest.raises(Exception, match=r"end with 1\.0"):
-        _params({"tune.fidelity.rungs": [0.5, 0.2, 1.0]})
+        small_params({"tune.fidelity.rungs": [0.5, 0.2, 1.0]})
 
 
 def test_default_study_prunes_on_rungs():
-    assert isinstance(storage.new_study(_params()).pruner, rungs.RungPruner)
+    assert isinstance(storage.new_study(small_params()).pruner, rungs.RungPruner)
