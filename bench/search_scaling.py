@@ -164,9 +164,9 @@ def search(params, paths, data, n_trials: int) -> dict:
     }
 
 
-def save(results: dict) -> None:
+def save(results: dict, name: str = "search_scaling.json") -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "search_scaling.json").write_text(json.dumps(results, indent=1) + "\n")
+    (OUT / name).write_text(json.dumps(results, indent=1) + "\n")
 
 
 def flaml_python() -> Path:
@@ -252,11 +252,13 @@ def main() -> int:
 
     path = OUT / "search_scaling.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    flaml_path = OUT / "search_flaml.json"
     if args.plot_only:
-        plot_curves(results)
+        plot_curves(json.loads(flaml_path.read_text()))
         return 0
     results.setdefault("scaling", [])
     results["machine"] = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
+    print(f"machine: {results['machine']}", file=sys.stderr)
     datasets = [] if args.skip_default_data else [(None, None)]
     datasets += [("synthetic_fraud", int(s)) for s in args.sizes.split(",") if s]
     for source, rows in datasets:
@@ -287,7 +289,7 @@ def main() -> int:
             save(results)
     budgets = [float(b) for b in args.flaml.split(",") if b]
     if budgets:
-        results["flaml"] = []
+        versus: dict = {"machine": results["machine"], "flaml": []}
         with tempfile.TemporaryDirectory() as tmp:
             over = {
                 **FRAUD,
@@ -300,7 +302,7 @@ def main() -> int:
                 p = with_overrides(params, {"tune.timeout_s": budget})
                 ours = search(p, paths, data, 10_000)
                 theirs = run_flaml(params, paths, data, budget, Path(tmp))
-                results["flaml"].append(
+                versus["flaml"].append(
                     {
                         "dataset": f"synthetic_fraud {args.flaml_rows:,} rows",
                         "budget_s": budget,
@@ -314,8 +316,8 @@ def main() -> int:
                     f"{theirs['test_average_precision']:.4f} ({theirs['wall_s']:.1f} s)",
                     file=sys.stderr,
                 )
-                save(results)
-        plot_curves(results)
+                save(versus, "search_flaml.json")
+        plot_curves(versus)
     for e in results["scaling"]:
         line = f"{e['dataset']}: new {e['new']['search_s']:.1f} s"
         if "old" in e:
