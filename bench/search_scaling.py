@@ -131,6 +131,7 @@ def refit_and_test(params, paths, family: str, hp: dict) -> dict:
 def search(params, paths, data, n_trials: int) -> dict:
     """One untracked search; returns its wall time, best trial, curve and test metrics."""
     import optuna
+    from optuna.trial import TrialState
 
     from mlplatform.search import rungs, tune
     from mlplatform.search import space as search_space
@@ -142,10 +143,19 @@ def search(params, paths, data, n_trials: int) -> dict:
     tune.run_search(study, params, data, n_trials)
     wall = time.perf_counter() - t0
     spaces = search_space.parse(params.tune)
+    states = [t.state for t in study.trials]
+    if TrialState.COMPLETE not in states:  # a budget too small for a single trial
+        return {
+            "search_s": wall,
+            "trials": len(states),
+            "complete": 0,
+            "curve": [],
+            "test_average_precision": float("nan"),
+            "best_family": None,
+        }
     best = study.best_trial
     family, hp = search_space.plain_params(best.params, spaces)
     hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))
-    states = [t.state for t in study.trials]
     curve, best_so_far = [], None
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE:

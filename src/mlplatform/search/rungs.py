@@ -282,11 +282,10 @@ def make_objective(
         except optuna.TrialPruned:
             raise
         except BudgetExhausted as exc:
-            # Not a failure of the configuration: a resumed search tries it again.
+            # Not started for lack of time: pruned where it stands, marked; cheaper trials
+            # (another family, an earlier rung) may still fit, until Optuna's timeout.
             trial.set_user_attr(BUDGET_ATTR, str(exc))
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            trial.study.stop()
-            raise
+            raise optuna.TrialPruned(str(exc)) from None
         except Exception as exc:
             trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
             raise
