@@ -252,7 +252,8 @@ def main() -> int:
     ap.add_argument("--old-max-rows", type=int, default=300_000, help="skip old search above")
     ap.add_argument("--skip-default-data", action="store_true")
     ap.add_argument("--flaml", default="", help="budgets in seconds, e.g. 60,300")
-    ap.add_argument("--flaml-rows", type=int, default=100_000)
+    ap.add_argument("--flaml-rows", type=int, default=100_000, help="0: the default data")
+    ap.add_argument("--variants", default="new,old")
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -280,7 +281,10 @@ def main() -> int:
             label = f"{params.data.source}" + (f" {rows:,} rows" if rows else "")
             data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
             entry = {"dataset": label, "rows": rows, "train_rows": len(data.y_train)}
-            variants = ["new"] + (["old"] if (rows or 0) <= args.old_max_rows else [])
+            asked = args.variants.split(",")
+            variants = [v for v in ("new", "old") if v in asked]
+            if (rows or 0) > args.old_max_rows and "old" in variants:
+                variants.remove("old")
             for name in variants:
                 p = with_overrides(params, OLD) if name == "old" else params
                 entry[name] = search(p, paths, data, args.trials)
@@ -289,6 +293,10 @@ def main() -> int:
                     f"{entry[name]['test_average_precision']:.4f}",
                     file=sys.stderr,
                 )
+            previous = {e["dataset"]: e for e in results["scaling"]}.get(label, {})
+            for name in ("new", "old"):
+                if name not in entry and name in previous:  # kept from an earlier run
+                    entry[name] = {**previous[name], "earlier_run": True}
             if "old" in entry:
                 entry["time_ratio_new_vs_old"] = entry["new"]["search_s"] / entry["old"]["search_s"]
                 entry["test_ap_delta"] = (
@@ -301,11 +309,9 @@ def main() -> int:
     if budgets:
         versus: dict = {"machine": results["machine"], "flaml": []}
         with tempfile.TemporaryDirectory() as tmp:
-            over = {
-                **FRAUD,
-                "data.rows": args.flaml_rows,
-                "tune.n_trials": 10_000,
-            }
+            over = {"tune.n_trials": 10_000}
+            if args.flaml_rows:
+                over.update({**FRAUD, "data.rows": args.flaml_rows})
             params, paths = make_project(Path(tmp), over)
             data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
             for budget in budgets:
@@ -314,7 +320,9 @@ def main() -> int:
                 theirs = run_flaml(params, paths, data, budget, Path(tmp))
                 versus["flaml"].append(
                     {
-                        "dataset": f"synthetic_fraud {args.flaml_rows:,} rows",
+                        "dataset": f"synthetic_fraud {args.flaml_rows:,} rows"
+                        if args.flaml_rows
+                        else params.data.source,
                         "budget_s": budget,
                         "ours": ours,
                         "flaml": theirs,

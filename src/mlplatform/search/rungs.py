@@ -57,6 +57,31 @@ def rung_rows(n_rows: int, fractions: list[float], min_rows: int) -> list[int]:
     return sizes
 
 
+def rung_indices(y: np.ndarray, sizes: list[int], seed: int, min_class_rows: int) -> list:
+    """Row indices of each rung: a stratified share of each class, but at least
+    ``min_class_rows`` rows of a class (all of a rare class), so a rung of imbalanced data
+    still holds enough positives to rank configurations. Nested and seeded."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    by_class = {c: rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)}
+    out: list = []
+    for m in sizes[:-1]:
+        parts = [
+            idx[: min(len(idx), max(round(len(idx) * m / n), min_class_rows))]
+            for idx in by_class.values()
+        ]
+        rows = np.sort(np.concatenate(parts))
+        if len(rows) < n and (not out or len(rows) > len(out[-1])):  # rungs that merge
+            out.append(rows)
+    return [*out, slice(None)]
+
+
+def plan(y: np.ndarray, cfg: FidelitySettings, seed: int) -> tuple[list[int], list]:
+    """(rows of each rung, row indices of each rung) for these training labels."""
+    rows_of = rung_indices(y, rung_rows(len(y), cfg.rungs, cfg.min_rows), seed, cfg.min_class_rows)
+    return [len(r) for r in rows_of[:-1]] + [len(y)], rows_of
+
+
 def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
     """A seeded order of the rows whose every prefix has the class mix of the whole.
 
@@ -105,7 +130,12 @@ def promote(
 
 
 class RungPruner(BasePruner):
-    """Successive halving on rung values: steps are rows, the same for every family."""
+    """Successive halving on rung values (steps are rows), within each model family.
+
+    Families are compared with each other only on all rows: on a small subsample a linear
+    model often beats boosted trees that win on the whole data, and comparing across
+    families at low rungs would prune the trees before they can show it.
+    """
 
     def __init__(self, cfg: FidelitySettings) -> None:
         self.cfg = cfg
@@ -116,10 +146,13 @@ class RungPruner(BasePruner):
         step = max(trial.intermediate_values)
         value = trial.intermediate_values[step]
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        family = trial.params.get(search_space.FAMILY_PARAM)
         others = [
             t.intermediate_values[step]
             for t in study.get_trials(deepcopy=False, states=live)
-            if t.number != trial.number and step in t.intermediate_values
+            if t.number != trial.number
+            and step in t.intermediate_values
+            and t.params.get(search_space.FAMILY_PARAM) == family
         ]
         direction = study.direction.name.lower()
         cfg = self.cfg
@@ -226,8 +259,7 @@ def make_objective(
     """
     cfg = params.tune
     fid = cfg.fidelity
-    sizes = rung_rows(len(data.y_train), fid.rungs, fid.min_rows)
-    rows_of = subsets(data.y_train, sizes, params.seed)
+    sizes, rows_of = plan(data.y_train, fid, params.seed)
     last = len(sizes) - 1
 
     def run_trial(trial: optuna.Trial) -> float:

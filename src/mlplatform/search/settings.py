@@ -23,8 +23,10 @@ class FidelitySettings(Strict):
             all rows, the pre-rung search).
         reduction_factor: at each rung below the last a trial goes on only if its rung value
             is in the best 1/reduction_factor of the trials that reached that rung.
-        min_trials: the first trials at a rung are always promoted (nothing to compare with).
+        min_trials: the first trials of a family at a rung are always promoted.
         min_rows: no rung fits on fewer rows than this (small data: rungs merge).
+        min_class_rows: a rung holds at least this many rows of each class (all of a rarer
+            class), so imbalanced data keeps its positives on every rung.
         early_stopping_rounds: XGBoost stops when the validation metric has not improved for
             this many rounds (n_estimators is then a cap and the rounds used an outcome);
             null turns it off.
@@ -37,8 +39,9 @@ class FidelitySettings(Strict):
         default_factory=lambda: [1 / 9, 1 / 3, 1.0]
     )
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
-    min_trials: Annotated[int, Field(ge=1)] = 3
+    min_trials: Annotated[int, Field(ge=1)] = 2
     min_rows: Annotated[int, Field(ge=1)] = 200
+    min_class_rows: Annotated[int, Field(ge=1)] = 300
     early_stopping_rounds: Annotated[int, Field(ge=1)] | None = 50
     forest_max_rows: Annotated[int, Field(ge=1)] | None = 100_000
 

@@ -133,6 +133,13 @@ class _Child:
             raise RuntimeError(f"{self.proc.name} failed: {payload}")
         return payload
 
+    def hurry(self) -> None:
+        """Back to normal scheduling (from SCHED_IDLE / nice 19), where the OS allows it."""
+        with contextlib.suppress(AttributeError, OSError, ProcessLookupError):
+            os.sched_setscheduler(self.proc.pid, os.SCHED_OTHER, os.sched_param(0))
+        with contextlib.suppress(AttributeError, OSError, ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+
     def kill(self) -> None:
         """Stop now; never block on what is still queued for it."""
         # A full pipe to a dead reader would otherwise hang this process at exit.
@@ -181,6 +188,10 @@ class TrackingWorker:
         if self._closed:
             return []
         self._closed = True
+        # The search is over: what is left of the helpers' work is now the critical path.
+        # At idle priority they would wait for every other process on a busy machine.
+        self._writer.hurry()
+        self._plotter.hurry()
         problems = []
         try:
             self.written, self.seconds = self._writer.finish(timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from optuna.trial import TrialState
@@ -40,6 +42,15 @@ def test_subsamples_are_stratified_nested_and_seeded():
     assert not np.array_equal(a[0], c[0])
 
 
+def test_rungs_keep_rare_classes():
+    y = np.r_[np.ones(120, int), np.zeros(59_880, int)]
+    cfg = types.SimpleNamespace(rungs=[1 / 9, 1 / 3, 1.0], min_rows=200, min_class_rows=300)
+    sizes, idx = rungs.plan(y, cfg, seed=3)
+    assert sizes == [6654 + 120, 19_960 + 120, 60_000]
+    assert all(y[i].sum() == 120 for i in idx[:-1])  # every positive on every rung
+    assert set(idx[0]) < set(idx[1])
+
+
 def test_promote_keeps_the_best_fraction():
     # The first min_trials go on whatever their value.
     assert rungs.promote(0.1, [0.9, 0.8], "maximize", 3.0, 3)
@@ -69,7 +80,7 @@ def searched():
 def test_trials_are_promoted_only_on_their_rung_values(searched):
     params, data, study = searched
     fid = params.tune.fidelity
-    sizes = rungs.rung_rows(len(data.y_train), fid.rungs, fid.min_rows)
+    sizes, _ = rungs.plan(data.y_train, fid, params.seed)
     assert len(sizes) == 3 and sizes[-1] == len(data.y_train)
     trials = study.get_trials()
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -84,10 +95,11 @@ def test_trials_are_promoted_only_on_their_rung_values(searched):
             if k == len(sizes) - 1:
                 continue
             # Replay the decision from the trials before it that reached the same rung.
+            # Within its family: families meet only on all rows.
             others = [
                 o.intermediate_values[step]
                 for o in trials[: t.number]
-                if step in o.intermediate_values
+                if step in o.intermediate_values and o.params["family"] == t.params["family"]
             ]
             went_on = rungs.promote(
                 t.intermediate_values[step],
@@ -168,7 +180,7 @@ def test_resumed_trial_reuses_the_rungs_of_the_trial_that_died():
     dead = study.ask()
     search_space.suggest(dead, search_space.parse(params.tune))
     fid = params.tune.fidelity
-    first = rungs.rung_rows(len(data.y_train), fid.rungs, fid.min_rows)[0]
+    first = rungs.plan(data.y_train, fid, params.seed)[0][0]
     fake = {"rung": 0, "rows": first, "value": 0.5, "seconds": 123.0, "finished_at": 1.0}
     dead.set_user_attr(rungs.RUNGS_ATTR, [fake])
     dead.report(0.5, first)
