@@ -194,14 +194,13 @@ def fit_rung(
     fit_params = families.fit_kwargs(family, y, n_classes, class_weight)
     early = family == "xgboost" and cfg.early_stopping_rounds is not None
     if early:
-        # The training loss, weighted as in training, on the validation rows: smoother than
-        # a ranking metric on a small validation set, so the round count is not overfitted.
+        # The unweighted log loss on the validation rows: smoother than a ranking metric on
+        # a small validation set (HMDA: AP stopped at 10 rounds and lost on test), and not
+        # weighted like training: with scale_pos_weight ~500 (0.2% positives) the weighted
+        # loss stopped at 28 rounds (validation AP 0.47, against 0.81 at 297 rounds).
         name = "logloss" if n_classes == 2 else "mlogloss"
         estimator.set_params(early_stopping_rounds=cfg.early_stopping_rounds, eval_metric=name)
         fit_params = {**fit_params, "eval_set": [(x_valid, y_valid)], "verbose": False}
-        weights = _eval_weights(estimator, y_valid, n_classes, class_weight)
-        if weights is not None:
-            fit_params["sample_weight_eval_set"] = [weights]
     t0 = time.perf_counter()
     estimator.fit(x, y, **fit_params)
     proba = estimator.predict_proba(x_valid)
@@ -215,18 +214,6 @@ def fit_rung(
         estimator.set_params(early_stopping_rounds=None, eval_metric=None)
     record["proba"] = proba
     return estimator, outcome, record
-
-
-def _eval_weights(estimator: Any, y: np.ndarray, n_classes: int, class_weight: str):
-    """Validation row weights matching the training weights (balanced classes), or None."""
-    if class_weight != "balanced":
-        return None
-    if n_classes == 2:
-        spw = float(estimator.get_params().get("scale_pos_weight") or 1.0)
-        return np.where(y == 1, spw, 1.0)
-    from sklearn.utils.class_weight import compute_sample_weight
-
-    return compute_sample_weight("balanced", y)
 
 
 # --------------------------------------------------------------------------------------
