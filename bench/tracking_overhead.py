@@ -8,9 +8,13 @@ Three ways to run the same study (same data, seed, sampler, pruner, objective, t
 - callback: the common pattern it replaces, an RDB sqlite study with
   ``optuna_integration.MLflowCallback`` (deprecated) logging each trial synchronously.
 
-They are interleaved and repeated; medians are reported. The MLflow store already exists
-(as on every run after the first); creating a fresh one is timed separately. Fixed cost
-(setup + end-of-study work) and per-trial cost are reported apart.
+Each repetition runs every variant back to back, in a shuffled (seeded) order, and the
+headline is the median of the paired per-repetition ratios (ours / untracked of the same
+repetition) with their spread: a machine whose speed drifts between repetitions (other
+work on it) moves both sides of a pair alike, where a median of medians would hide it.
+The MLflow store already exists (as on every run after the first); creating a fresh one is
+timed separately. Fixed cost (setup + end-of-study work) and per-trial cost are reported
+apart.
 
     python bench/tracking_overhead.py [--repeats 3] [--trials N] [--source hmda]
 """
@@ -21,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -163,9 +168,10 @@ def main() -> int:
         order = ["untracked", "ours", "callback"]
         if args.skip_callback:
             order.remove("callback")
+        shuffler = random.Random(params.seed)
         for rep in range(args.repeats):
-            # Rotate the order so no variant always runs first or last.
-            for name in order[rep % len(order) :] + order[: rep % len(order)]:
+            # Shuffled so no variant always runs first or last; all of them in each repetition.
+            for name in shuffler.sample(order, len(order)):
                 if name == "untracked":
                     results[name].append(run_untracked(params, paths))
                 elif name == "ours":
@@ -179,6 +185,20 @@ def main() -> int:
 
     med = {k: statistics.median(r["total_s"] for r in v) for k, v in results.items() if v}
     ours = results["ours"]
+    paired = {
+        k: [r["total_s"] / b["total_s"] for r, b in zip(v, results["untracked"], strict=True)]
+        for k, v in results.items()
+        if v and k != "untracked"
+    }
+
+    def spread(ratios: list[float]) -> dict:
+        return {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+            "per_repetition": [round(x, 4) for x in ratios],
+        }
+
     n = params.tune.n_trials
     setup = statistics.median(r["setup_s"] for r in ours)
     finish = statistics.median(r["finish_s"] + r["drain_s"] for r in ours)
@@ -191,11 +211,12 @@ def main() -> int:
         "trials": n,
         "repeats": args.repeats,
         "median_total_s": med,
-        "ratio_ours_vs_untracked": med["ours"] / med["untracked"],
-        "ratio_search_only": search_ours / search_base,
-        "ratio_callback_vs_untracked": (med["callback"] / med["untracked"])
-        if "callback" in med
+        "paired_ratio_ours_vs_untracked": spread(paired["ours"]),
+        "paired_ratio_callback_vs_untracked": spread(paired["callback"])
+        if "callback" in paired
         else None,
+        "ratio_of_medians_ours_vs_untracked": med["ours"] / med["untracked"],
+        "ratio_search_only": search_ours / search_base,
         "fixed_cost_s": {
             "fresh_store": fresh_s,
             "setup_existing_store": setup,
@@ -206,14 +227,13 @@ def main() -> int:
         "same_trials_as_untracked": same,
     }
     print(json.dumps(report, indent=2))
+    po = report["paired_ratio_ours_vs_untracked"]
+    pc = report["paired_ratio_callback_vs_untracked"]
     print(
-        f"\nours / untracked = {report['ratio_ours_vs_untracked']:.3f}x "
-        f"(search only {report['ratio_search_only']:.3f}x); "
-        + (
-            f"MLflowCallback+RDB / untracked = {report['ratio_callback_vs_untracked']:.2f}x; "
-            if report["ratio_callback_vs_untracked"]
-            else ""
-        )
+        f"\nours / untracked = {po['median']:.3f}x median of paired ratios "
+        f"(min {po['min']:.3f}, max {po['max']:.3f}, n={len(po['per_repetition'])}; "
+        f"search only {report['ratio_search_only']:.3f}x); "
+        + (f"MLflowCallback+RDB / untracked = {pc['median']:.2f}x; " if pc else "")
         + f"fixed: setup {setup:.2f} s + end {finish:.2f} s (fresh store {fresh_s:.2f} s); "
         f"per trial {per_trial_ms:+.1f} ms"
     )

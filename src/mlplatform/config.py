@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from mlplatform.errors import ConfigError
 from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
 from mlplatform.monitoring.settings import MonitoringConfig, PredictionLogSettings
-from mlplatform.search.settings import WorkersSettings
+from mlplatform.search.settings import FidelitySettings, WorkersSettings
 from mlplatform.serving.release_settings import ReleaseSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
@@ -215,6 +215,7 @@ class TuneConfig(Strict):
     )
     n_jobs: Annotated[int, Field(ge=1)] = 2
     pruner: PrunerConfig = PrunerConfig()
+    fidelity: FidelitySettings = FidelitySettings()
     families: dict[Family, dict[str, DistributionSpec | Scalar]]
 
     @field_validator("families")

@@ -45,6 +45,10 @@ class FamilyPruner(BasePruner):
 
 
 def make_pruner(params: Params) -> BasePruner:
+    if params.tune.fidelity.active:
+        from mlplatform.search.rungs import RungPruner
+
+        return RungPruner(params.tune.fidelity)
     cfg = params.tune.pruner
     if not cfg.enabled:
         return NopPruner()

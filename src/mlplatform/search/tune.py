@@ -34,6 +34,7 @@ from mlplatform.evaluation.metrics import Objective, objective, validation_metri
 from mlplatform.io import write_json
 from mlplatform.modeling import families
 from mlplatform.modeling.features import design_matrices
+from mlplatform.search import budget, rungs
 from mlplatform.search import space as search_space
 from mlplatform.search.storage import (
     SingleWriterJournal,
@@ -152,6 +153,16 @@ def make_objective(
     return guarded
 
 
+def search_objective(
+    params: Params, data: SearchData, spaces: dict[str, Any], metric: Objective
+) -> Callable[[optuna.Trial], float]:
+    """The trial function of a search (one process or a worker): rungs over rows and early
+    stopping when ``tune.fidelity`` is on (``search.rungs``), else one fit per trial."""
+    if params.tune.fidelity.active:
+        return rungs.make_objective(params, data, spaces, metric, budget.planner_for(params))
+    return make_objective(params, data, spaces, metric)
+
+
 def run_search(
     study: optuna.Study,
     params: Params,
@@ -161,10 +172,10 @@ def run_search(
 ) -> optuna.Study:
     """Run n_trials more trials of the study (the core shared by tracked and untracked runs)."""
     spaces = search_space.parse(params.tune)
-    metric = objective(params.tune.metric)
+    fn = search_objective(params, data, spaces, objective(params.tune.metric))
     if n_trials > 0:
         study.optimize(
-            make_objective(params, data, spaces, metric),
+            fn,
             n_trials=n_trials,
             timeout=params.tune.timeout_s,
             callbacks=callbacks,
@@ -330,13 +341,19 @@ def _parent_run(
             Param("search.direction", objective(cfg.metric).direction),
             Param("search.families", ",".join(cfg.families)),
             Param("search.sampler", "TPESampler"),
-            Param("search.pruner", "FamilyPruner(Percentile)" if cfg.pruner.enabled else "none"),
+            Param("search.pruner", _pruner_name(cfg)),
             Param("search.class_weight", cfg.class_weight),
             Param("seed", str(params.seed)),
         ],
     )
     study.set_user_attr(PARENT_ATTR, parent_id)
     return parent_id
+
+
+def _pruner_name(cfg: Any) -> str:
+    if cfg.fidelity.active:
+        return f"RungPruner(rungs={cfg.fidelity.rungs}, eta={cfg.fidelity.reduction_factor})"
+    return "FamilyPruner(Percentile)" if cfg.pruner.enabled else "none"
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
@@ -368,6 +385,7 @@ def finish_parent(
 
     best = best_trial(study)
     family, hp = search_space.plain_params(best.params, spaces)
+    hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))  # rounds used, rows per tree
     worker.plots(parent_id, study.get_trials(deepcopy=False), study.direction.name.lower(), family)
     counts = _counts(study)
     now = int(time.time() * 1000)

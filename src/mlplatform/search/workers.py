@@ -44,7 +44,7 @@ from mlplatform.config import Params, Paths
 from mlplatform.errors import MlplatformError
 from mlplatform.evaluation.metrics import Objective, objective
 from mlplatform.io import read_json, write_json
-from mlplatform.search import shared, tune
+from mlplatform.search import rungs, shared, tune
 from mlplatform.search import space as search_space
 from mlplatform.search.pruning import make_pruner
 from mlplatform.search.storage import exclusive, new_study, study_name
@@ -265,6 +265,7 @@ def _summary(study: optuna.Study, params: Params) -> dict[str, Any]:
     metric = objective(params.tune.metric)
     best = tune.best_trial(study)
     family, hp = search_space.plain_params(best.params, search_space.parse(params.tune))
+    hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))  # rounds used, rows per tree
     return {
         "metric": metric.name,
         "direction": metric.direction,
@@ -374,7 +375,7 @@ def work(spec: dict[str, Any], index: int) -> int:
         write=shared.WriteOnce(locks, spec["parent_run_id"]),
         plots=False,
     )
-    func = tune.make_objective(params, data, spaces, metric)
+    func = tune.search_objective(params, data, spaces, metric)
     me = _worker_id(os.getpid())
     deadline = time.monotonic() + (params.tune.timeout_s or float("inf"))
     # Without heartbeats a shared storage cannot tell a dead worker from a slow one: do not

@@ -29,6 +29,12 @@ def params_with(overrides=None):
     return parse_params(make_params(overrides))
 
 
+# The search before tune.fidelity (one fit per trial, per-family percentile pruning).
+FIDELITY_OFF = {
+    "tune.fidelity": {"rungs": [1.0], "early_stopping_rounds": None, "forest_max_rows": None}
+}
+
+
 # --------------------------------------------------------------------------------------
 # FamilyPruner
 
@@ -107,17 +113,23 @@ def test_family_pruner_through_trial_api(two_family_study):
 
 def test_make_pruner():
     pruner = pruning.make_pruner(
-        params_with({"tune.pruner": {"enabled": True, "n_startup_trials": 3, "percentile": 25.0}})
+        params_with(
+            {
+                "tune.pruner": {"enabled": True, "n_startup_trials": 3, "percentile": 25.0},
+                **FIDELITY_OFF,
+            }
+        )
     )
     assert isinstance(pruner, pruning.FamilyPruner)
     assert isinstance(pruner.inner, PercentilePruner)
     assert pruner.inner._n_startup_trials == 3
     assert pruner.inner._percentile == 25.0
-    assert isinstance(pruning.make_pruner(params_with({"tune.pruner.enabled": False})), NopPruner)
+    off = params_with({"tune.pruner.enabled": False, **FIDELITY_OFF})
+    assert isinstance(pruning.make_pruner(off), NopPruner)
 
 
 def test_new_study_direction_follows_metric():
-    study = storage.new_study(params_with({"tune.metric": "log_loss"}))
+    study = storage.new_study(params_with({"tune.metric": "log_loss", **FIDELITY_OFF}))
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert isinstance(study.pruner, pruning.FamilyPruner)
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
@@ -538,7 +550,8 @@ def test_run_search_records_validation_metrics():
             "f1",
             "balanced_accuracy",
         }
-        assert tr.intermediate_values.keys() == {1}
+        # 120 training rows are below tune.fidelity.min_rows: one rung, at all rows.
+        assert tr.intermediate_values.keys() == {120}
 
 
 def test_run_search_records_errors_and_continues():
