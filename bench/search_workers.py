@@ -1,7 +1,7 @@
 """Parallel search: trials per minute with 1 and 2 workers of one thread each, side by side.
 
 The same study config (default dataset HMDA, one XGBoost family with a fixed number of
-trees so trials cost about the same, pruning off, ``tune.n_jobs: 1``), each run on a fresh
+trees so trials cost about the same, pruning and rungs off, ``tune.n_jobs: 1``), each run on a fresh
 copy of one prepared project (fresh journal storage, fresh sqlite MLflow store):
 
 - single: today's search (``tune.run``, no ``--workers``): one process, one thread;
@@ -76,6 +76,8 @@ def make_project(folder: Path, trials: int) -> Path:
         n_jobs=1,
         timeout_s=3600,
         pruner={"enabled": False},
+        # Trials of equal cost: one fit on all rows, a fixed number of trees (no rungs).
+        fidelity={"rungs": [1.0], "early_stopping_rounds": None, "forest_max_rows": None},
         families={
             "xgboost": {
                 "n_estimators": 400,

@@ -202,7 +202,8 @@ class TrackingWorker:
         # The search is over: what is left of the helpers' work is now the critical path.
         # At idle priority they would wait for every other process on a busy machine.
         self._writer.hurry()
-        self._plotter.hurry()
+        if self._plotter is not None:  # a parallel worker has none (its coordinator plots)
+            self._plotter.hurry()
         problems = []
         try:
             self.written, self.seconds = self._writer.finish(timeout)

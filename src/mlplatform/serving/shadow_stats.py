@@ -22,21 +22,11 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, average_precision_score, recall_score, roc_auc_score
 
 from mlplatform.errors import DataValidationError
+from mlplatform.registry.gates import Rule  # the gate's own rule type: merged into its verdict
 from mlplatform.serving.release_settings import ShadowConfig
 
 Outcome = Literal["pass", "fail", "review"]
 _EPS = 1e-9
-
-
-@dataclass
-class Rule:
-    """A gate rule; the same fields as ``gates.Rule`` so the lead can merge the two."""
-
-    name: str
-    outcome: Outcome
-    detail: str
-    value: float | None = None
-    limit: float | None = None
 
 
 @dataclass
