@@ -210,6 +210,7 @@ def registry(tmp_path, monkeypatch, marker):
     client.set_registered_model_alias("m", "champion", versions["genuine"])
     yield {"uri": uri, "versions": versions, "cwd": tmp_path}
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)  # later tests in this process must not see this registry
 
 
 def run_verify(registry, model_uri: str) -> subprocess.CompletedProcess:

@@ -219,6 +219,8 @@ def test_concurrent_promotions_leave_one_champion_and_full_history(project):
     from support.project import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(project))  # MLflow resolves models:/ URIs globally
+
+    mlflow.set_registry_uri(tracking_uri(project))
     client = client_for(project)
     name = "concurrent"
     client.create_registered_model(name)
@@ -302,6 +304,7 @@ def test_champion_is_not_graded_on_the_rows_it_was_fit_on(project):
     cmp = result["comparison"]
     test = pd.read_parquet(project / "data/prepared/test.parquet")
     mlflow.set_tracking_uri(tracking_uri(project))
+    mlflow.set_registry_uri(tracking_uri(project))
     champ = model_format.load_pyfunc(f"models:/{NAME}/{champion}")
     specs = champ._model_impl.specs
     seen = fingerprints.seen(
@@ -360,6 +363,7 @@ def test_versions_without_recorded_fit_rows_and_hostile_versions(project, tmp_pa
 
     client = client_for(project)
     mlflow.set_tracking_uri(tracking_uri(project))
+    mlflow.set_registry_uri(tracking_uri(project))
     name = "legacy"
     client.create_registered_model(name)
     exp = client.get_experiment_by_name("credit-risk").experiment_id

@@ -189,6 +189,7 @@ def test_ab_split_and_stable_arm_per_key(project, rows):
 
     run_cli(project, "deploy", "ab", "--challenger", "2")
     mlflow.set_tracking_uri(tracking_uri(project))
+    mlflow.set_registry_uri(tracking_uri(project))
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@ab")
     n = 10_000
     base = pd.DataFrame([rows[i % len(rows)] for i in range(n)])

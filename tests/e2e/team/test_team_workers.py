@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 SMALL = {
     "tune.n_trials": 6,
+    "tune.fidelity.rungs": [1.0],  # whole trials: these tests count COMPLETE ones
     "tune.pruner.enabled": False,
     "search_workers.heartbeat_interval_s": 1,
     "search_workers.grace_period_s": 5,
@@ -196,6 +197,7 @@ def _running_trial(storage: str, deadline: float) -> tuple[optuna.Study, object]
 def test_a_killed_machine_leaves_a_failed_trial_and_no_running_run(tmp_path, server, optuna_db):
     slow = {
         "tune.n_trials": 6,
+        "tune.fidelity.rungs": [1.0],  # whole trials: these tests count COMPLETE ones
         "tune.families": {
             "xgboost": {
                 "n_estimators": {"low": 400, "high": 800, "step": 100},
@@ -245,6 +247,7 @@ def test_a_killed_machine_leaves_a_failed_trial_and_no_running_run(tmp_path, ser
 def test_a_killed_worker_is_failed_at_once_by_its_tune(tmp_path, server, optuna_db):
     slow = {
         "tune.n_trials": 6,
+        "tune.fidelity.rungs": [1.0],  # whole trials: these tests count COMPLETE ones
         "search_workers.grace_period_s": 600,  # not the heartbeat: the tune notices
         "tune.families": {
             "xgboost": {
@@ -282,6 +285,7 @@ def test_a_tracking_server_restart_mid_search_loses_no_trial(tmp_path, team_serv
 
     overrides = {
         "tune.n_trials": 8,
+        "tune.fidelity.rungs": [1.0],  # whole trials: these tests count COMPLETE ones
         "tune.families": {
             "xgboost": {
                 "n_estimators": {"low": 200, "high": 400, "step": 100},
