@@ -383,22 +383,25 @@ def finish_parent(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
 
-    best = best_trial(study)
-    family, hp = search_space.plain_params(best.params, spaces)
-    hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))  # rounds used, rows per tree
+    summary = search_summary(study, spaces, metric)
+    best = summary["best"]
+    family, hp, figures, counts = (
+        best["family"],
+        best["params"],
+        best["valid_metrics"],
+        summary["trials"],
+    )
     worker.plots(parent_id, study.get_trials(deepcopy=False), study.direction.name.lower(), family)
-    counts = _counts(study)
     now = int(time.time() * 1000)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     history = [Metric("trial_value", float(t.value), now, t.number) for t in done]
-    figures = best.user_attrs.get(METRICS_ATTR, {})
     metrics = [
         Metric(f"best_valid_{k}", float(v), now, 0) for k, v in figures.items() if math.isfinite(v)
     ]
     metrics += [Metric(f"n_{k}", float(v), now, 0) for k, v in counts.items()]
     metrics.append(Metric("search_seconds", search_s, now, 0))
     tags = [
-        RunTag("best_trial_number", str(best.number)),
+        RunTag("best_trial_number", str(best["number"])),
         RunTag("best_family", family),
         RunTag("mlplatform.stage", "tune"),
     ]
@@ -422,6 +425,18 @@ def finish_parent(
         exp_id = client.get_run(parent_id).info.experiment_id
         reconcile(study, client, exp_id, parent_id, record)
     client.set_terminated(parent_id, "FINISHED")
+    return summary
+
+
+def search_summary(
+    study: optuna.Study, spaces: dict[str, Any], metric: Objective
+) -> dict[str, Any]:
+    """What tune.json says of a study (one search or its workers): the objective, the best
+    trial (family, params with the rounds and rows its fit used, validation metrics) and the
+    trial counts."""
+    best = best_trial(study)
+    family, hp = search_space.plain_params(best.params, spaces)
+    hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))  # rounds used, rows per tree
     return {
         "metric": metric.name,
         "direction": metric.direction,
@@ -430,7 +445,7 @@ def finish_parent(
             "value": float(best.value),
             "family": family,
             "params": hp,
-            "valid_metrics": figures,
+            "valid_metrics": best.user_attrs.get(METRICS_ATTR, {}),
         },
-        "trials": counts,
+        "trials": _counts(study),
     }

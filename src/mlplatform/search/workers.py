@@ -44,11 +44,11 @@ from mlplatform.config import Params, Paths
 from mlplatform.errors import MlplatformError
 from mlplatform.evaluation.metrics import Objective, objective
 from mlplatform.io import read_json, write_json
-from mlplatform.search import rungs, shared, tune
+from mlplatform.search import shared, tune
 from mlplatform.search import space as search_space
 from mlplatform.search.pruning import make_pruner
 from mlplatform.search.storage import exclusive, new_study, study_name
-from mlplatform.search.trial_runs import METRICS_ATTR, TrackingWorker, trial_record
+from mlplatform.search.trial_runs import TrackingWorker, trial_record
 from mlplatform.tracking import datasets
 
 log = logging.getLogger(__name__)
@@ -262,22 +262,9 @@ def _worker_reports(
 
 
 def _summary(study: optuna.Study, params: Params) -> dict[str, Any]:
-    metric = objective(params.tune.metric)
-    best = tune.best_trial(study)
-    family, hp = search_space.plain_params(best.params, search_space.parse(params.tune))
-    hp.update(best.user_attrs.get(rungs.FIT_PARAMS_ATTR, {}))  # rounds used, rows per tree
-    return {
-        "metric": metric.name,
-        "direction": metric.direction,
-        "best": {
-            "number": best.number,
-            "value": float(best.value),
-            "family": family,
-            "params": hp,
-            "valid_metrics": best.user_attrs.get(METRICS_ATTR, {}),
-        },
-        "trials": tune._counts(study),
-    }
+    return tune.search_summary(
+        study, search_space.parse(params.tune), objective(params.tune.metric)
+    )
 
 
 def _finish(
