@@ -54,6 +54,9 @@ def optuna_db(pg):
     try:
         yield with_driver(uri)
     finally:
+        store = _STORES.pop(with_driver(uri), None)
+        if store is not None:
+            store.engine.dispose()
         drop_database(uri)
 
 
@@ -98,8 +101,16 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+# One storage (one connection pool) per study database for the whole test: the tests poll
+# the study every 0.1 s, and a storage per poll kept a pool of idle connections each until
+# garbage collection, enough to exhaust PostgreSQL's max_connections (100) in CI.
+_STORES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def _study(storage: str) -> optuna.Study:
-    store = optuna.storages.RDBStorage(storage)
+    store = _STORES.get(storage)
+    if store is None:
+        store = _STORES[storage] = optuna.storages.RDBStorage(storage)
     (summary,) = optuna.get_all_study_summaries(store)
     return optuna.load_study(study_name=summary.study_name, storage=store)
 
