@@ -190,7 +190,7 @@ def test_two_machines_share_one_study_and_one_parent_run(tmp_path, server, optun
 
 
 def _running_trial(storage: str, deadline: float) -> tuple[optuna.Study, object]:
-    """Wait until a trial runs after at least two finished; return the study and it."""
+    """Wait until a tagged trial runs after two finished; return the study and it."""
     while time.time() < deadline:
         try:
             study = _study(storage)
@@ -198,7 +198,9 @@ def _running_trial(storage: str, deadline: float) -> tuple[optuna.Study, object]
             time.sleep(0.2)
             continue
         trials = study.trials
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # A trial is asked, then tagged with its worker: wait for the tag, or the
+        # caller finds no worker to kill (a race CI lost once).
+        running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         if sum(t.state.is_finished() for t in trials) >= 2 and running:
             return study, running[0]
         time.sleep(0.1)
