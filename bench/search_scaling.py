@@ -125,7 +125,31 @@ def refit_and_test(params, paths, family: str, hp: dict) -> dict:
         "refit_s": refit_s,
         "test_average_precision": float(average_precision_score(y_test, p)),
         "test_roc_auc": float(roc_auc_score(y_test, p)),
+        "test_positives": int(y_test.sum()),
+        "_test": (y_test, p),  # for the paired bootstrap; not saved
     }
+
+
+def paired_delta_ci(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, seed: int) -> dict:
+    """Test AP of new minus old with a 95% paired bootstrap interval (the same resampled
+    test rows score both models): how small a difference the test split can resolve."""
+    from scipy.stats import bootstrap
+    from sklearn.metrics import average_precision_score
+
+    def delta(yy, a, b):
+        return average_precision_score(yy, a) - average_precision_score(yy, b)
+
+    res = bootstrap(
+        (y, p_new, p_old),
+        delta,
+        paired=True,
+        vectorized=False,
+        n_resamples=1000,
+        method="percentile",
+        random_state=seed,
+    )
+    lo, hi = res.confidence_interval
+    return {"delta": float(delta(y, p_new, p_old)), "ci95": [float(lo), float(hi)]}
 
 
 def search(params, paths, data, n_trials: int) -> dict:
@@ -297,6 +321,11 @@ def main() -> int:
             for name in ("new", "old"):
                 if name not in entry and name in previous:  # kept from an earlier run
                     entry[name] = {**previous[name], "earlier_run": True}
+            if all("_test" in entry.get(n, {}) for n in ("new", "old")):
+                y, p_old = entry["old"]["_test"]
+                entry["test_ap_delta_ci"] = paired_delta_ci(y, entry["new"]["_test"][1], p_old, 0)
+            for name in ("new", "old"):
+                entry.get(name, {}).pop("_test", None)
             if "old" in entry:
                 entry["time_ratio_new_vs_old"] = entry["new"]["search_s"] / entry["old"]["search_s"]
                 entry["test_ap_delta"] = (
@@ -317,6 +346,7 @@ def main() -> int:
             for budget in budgets:
                 p = with_overrides(params, {"tune.timeout_s": budget})
                 ours = search(p, paths, data, 10_000)
+                ours.pop("_test", None)
                 theirs = run_flaml(params, paths, data, budget, Path(tmp))
                 versus["flaml"].append(
                     {
@@ -343,6 +373,9 @@ def main() -> int:
                 f", old {e['old']['search_s']:.1f} s, ratio {e['time_ratio_new_vs_old']:.2f}, "
                 f"test AP delta {e['test_ap_delta']:+.4f}"
             )
+        if "test_ap_delta_ci" in e:
+            lo, hi = e["test_ap_delta_ci"]["ci95"]
+            line += f" (95% paired bootstrap {lo:+.4f} to {hi:+.4f})"
         print(line)
     return 0
 

@@ -276,7 +276,8 @@ def _boolean(values: pd.Series, spec: ColumnSpec) -> tuple[np.ndarray, np.ndarra
     return _mapped(values, bool_of, np.nan, np.float64)
 
 
-def _category_of(value: Any) -> str:
+def category_of(value: Any) -> str:
+    """The category a raw value spells (training, serving and monitoring share it)."""
     if isinstance(value, float | np.floating):
         # 5.0 and 5 must be the same category whether a client sends an int or a float;
         # exact integers only (|x| < 2**53), larger floats keep their float spelling.
@@ -287,7 +288,7 @@ def _category_of(value: Any) -> str:
 
 
 def _categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    out, _ = _mapped(values, lambda v: (_category_of(v), True), MISSING, object)
+    out, _ = _mapped(values, lambda v: (category_of(v), True), MISSING, object)
     return out, _no_invalid(len(values))
 
 
@@ -347,7 +348,7 @@ def _coerce_small(
         col = by_column[where[spec.name]]
         if spec.kind == "categorical":
             out[spec.name] = np.array(
-                [MISSING if is_missing(v) else _category_of(v) for v in col], dtype=object
+                [MISSING if is_missing(v) else category_of(v) for v in col], dtype=object
             )
             continue
         read = bool_of if spec.kind == "boolean" else number_of

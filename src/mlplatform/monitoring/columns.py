@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform.data.columns import _category_of
+from mlplatform.data.columns import category_of
 
 MISSING = "__missing__"  # the model's spelling of a missing category (mlplatform.schema)
 NUMERIC_KINDS = frozenset({"numeric", "boolean", "datetime"})
@@ -62,7 +62,7 @@ def numeric_values(series: pd.Series, kind: str) -> np.ndarray:
 
 def category_name(value: Any) -> str:
     """The category a raw value belongs to (the spelling the model's coercion uses)."""
-    return _category_of(value)
+    return category_of(value)
 
 
 def category_counts(series: pd.Series) -> tuple[dict[str, int], int]:

@@ -1,9 +1,10 @@
 """A wall-clock budget the search plans around (``tune.timeout_s``).
 
 Before each rung of a trial is fitted, its cost is predicted from what was measured so far;
-if it would not finish inside what is left of the budget it is not started (the trial stops
-there, marked ``budget``, and the study stops; a later run resumes it). With a budget the
-search does not reach, nothing changes: ``n_trials`` decides and results stay deterministic.
+if it would not finish inside what is left of the budget it is not started: the trial is
+pruned there, marked ``budget``, and the search goes on with trials that still fit (another
+family, an earlier rung) until ``tune.timeout_s`` ends the study. With a budget the search
+does not reach, nothing changes: ``n_trials`` decides and results stay deterministic.
 
 The prediction (``predict_seconds``), most specific first: this trial's previous rung scaled
 by rows (same hyperparameters); the slowest trial of the same family at the same rung; the
