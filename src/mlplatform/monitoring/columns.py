@@ -60,11 +60,6 @@ def numeric_values(series: pd.Series, kind: str) -> np.ndarray:
     return out
 
 
-def category_name(value: Any) -> str:
-    """The category a raw value belongs to (the spelling the model's coercion uses)."""
-    return category_of(value)
-
-
 def category_counts(series: pd.Series) -> tuple[dict[str, int], int]:
     """(count per category, missing count) of a categorical column."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
@@ -72,7 +67,7 @@ def category_counts(series: pd.Series) -> tuple[dict[str, int], int]:
     counts: dict[str, int] = {}
     missing = int(tally[0])
     for value, count in zip(uniques, tally[1:], strict=True):
-        name = category_name(value)
+        name = category_of(value)  # the spelling the model's coercion uses
         if name == MISSING:
             missing += int(count)
         elif count:
