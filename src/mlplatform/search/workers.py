@@ -322,7 +322,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, func: Any) -> FrozenTrial:
             log.warning("trial %d failed: %s", trial.number, exc)
             state = TrialState.FAIL
         except KeyboardInterrupt:
-            shared._requeue(study, study.tell(trial, state=TrialState.FAIL))
+            # Stopped: failed as interrupted and queued again, as the tune fails the trials
+            # of a stopped worker (whichever gets there first; the budget skips them).
+            shared.fail_dead(study, [trial._trial_id], stale=False)
             raise
     try:
         if state is None:
