@@ -3,9 +3,11 @@
 Side by side in one run, on the same prepared data and trials budget:
 
 - ``old``: the search before issue 17 (``tune.fidelity``: rungs [1.0], no early stopping, no
-  rows-per-tree cap; per-family percentile pruning inside each fit);
+  rows-per-tree cap; per-family percentile pruning inside each fit; logistic regression,
+  random forest and XGBoost with balanced class weights; no start points);
 - ``new``: the default (rungs over rows, successive halving, XGBoost early stopping, forests
-  capped at ``forest_max_rows`` rows per tree).
+  capped at ``forest_max_rows`` rows per tree, extra trees, class weights searched, a start
+  point per family).
 
 Each search is untracked (in-memory study: the search's own cost); its best trial is then
 refit on all training rows the way the train stage does and scored on the test split.
@@ -53,7 +55,30 @@ FRAUD = {
     "data.sensitive_features": [],
     "data.slice_columns": [],
 }
-OLD = {"tune.fidelity": {"rungs": [1.0], "early_stopping_rounds": None, "forest_max_rows": None}}
+# The search before issue 17: one fit on all rows per trial, the three families of then
+# (balanced class weights), no start points.
+OLD = {
+    "tune.fidelity": {"rungs": [1.0], "early_stopping_rounds": None, "forest_max_rows": None},
+    "tune.start_points": {},
+    "tune.families": {
+        "logistic_regression": {"C": {"low": 0.001, "high": 100.0, "log": True}},
+        "random_forest": {
+            "n_estimators": {"low": 100, "high": 400, "step": 50},
+            "max_depth": {"low": 3, "high": 16},
+            "min_samples_leaf": {"low": 1, "high": 20},
+            "max_features": {"choices": ["sqrt", 0.5, 1.0]},
+        },
+        "xgboost": {
+            "n_estimators": {"low": 50, "high": 400, "step": 50},
+            "max_depth": {"low": 2, "high": 8},
+            "learning_rate": {"low": 0.01, "high": 0.3, "log": True},
+            "subsample": {"low": 0.6, "high": 1.0},
+            "colsample_bytree": {"low": 0.5, "high": 1.0},
+            "min_child_weight": {"low": 1.0, "high": 10.0, "log": True},
+            "reg_lambda": {"low": 0.001, "high": 10.0, "log": True},
+        },
+    },
+}
 
 FLAML_RUNNER = r"""
 import json, sys, time
@@ -74,6 +99,7 @@ with open(log) as fh:
         r = json.loads(line)
         if "wall_clock_time" in r and "validation_loss" in r:
             curve.append([r["wall_clock_time"], 1 - r["validation_loss"]])
+np.save(out + ".proba.npy", p)
 json.dump({"wall_s": wall, "test_average_precision": average_precision_score(d["y_test"], p),
            "test_roc_auc": roc_auc_score(d["y_test"], p), "best_learner": automl.best_estimator,
            "trials": len(curve), "curve": curve}, open(out, "w"))
@@ -237,7 +263,9 @@ def run_flaml(params, paths, data, budget: float, tmp: Path) -> dict:
         check=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result["_proba"] = np.load(str(out) + ".proba.npy")
+    return result
 
 
 def plot_curves(results: dict) -> None:
@@ -346,22 +374,28 @@ def main() -> int:
             for budget in budgets:
                 p = with_overrides(params, {"tune.timeout_s": budget})
                 ours = search(p, paths, data, 10_000)
-                ours.pop("_test", None)
                 theirs = run_flaml(params, paths, data, budget, Path(tmp))
-                versus["flaml"].append(
-                    {
-                        "dataset": f"synthetic_fraud {args.flaml_rows:,} rows"
-                        if args.flaml_rows
-                        else params.data.source,
-                        "budget_s": budget,
-                        "ours": ours,
-                        "flaml": theirs,
-                    }
-                )
+                entry = {
+                    "dataset": f"synthetic_fraud {args.flaml_rows:,} rows"
+                    if args.flaml_rows
+                    else params.data.source,
+                    "budget_s": budget,
+                    "ours": ours,
+                    "flaml": theirs,
+                }
+                if "_test" in ours:  # ours minus FLAML on the same resampled test rows
+                    y, p_ours = ours["_test"]
+                    entry["test_ap_delta_ci"] = paired_delta_ci(y, p_ours, theirs["_proba"], 0)
+                ours.pop("_test", None)
+                theirs.pop("_proba", None)
+                versus["flaml"].append(entry)
+                ci = entry.get("test_ap_delta_ci", {"delta": float("nan"), "ci95": [0, 0]})
                 print(
                     f"budget {budget:.0f} s: ours test AP {ours['test_average_precision']:.4f} "
                     f"({ours['search_s']:.1f} s, {ours['trials']} trials); FLAML "
-                    f"{theirs['test_average_precision']:.4f} ({theirs['wall_s']:.1f} s)",
+                    f"{theirs['test_average_precision']:.4f} ({theirs['wall_s']:.1f} s); "
+                    f"ours - FLAML {ci['delta']:+.4f} (95% paired bootstrap "
+                    f"{ci['ci95'][0]:+.4f} to {ci['ci95'][1]:+.4f})",
                     file=sys.stderr,
                 )
                 save(versus, "search_flaml.json")

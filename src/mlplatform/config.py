@@ -13,17 +13,19 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlplatform.errors import ConfigError
-from mlplatform.modeling.families import FAMILIES, FAMILY_NAMES
 from mlplatform.monitoring.settings import MonitoringConfig, PredictionLogSettings
-from mlplatform.search.settings import FidelitySettings, WorkersSettings
+from mlplatform.search.settings import (  # noqa: F401  (TUNE_METRICS, DistributionSpec: re-exported)
+    TUNE_METRICS,
+    DistributionSpec,
+    Scalar,
+    TuneConfig,
+    WorkersSettings,
+)
 from mlplatform.serving.release_settings import ReleaseSettings
 from mlplatform.strict import Strict
 from mlplatform.team.settings import ServerSettings
 
 ColumnKind = Literal["numeric", "categorical", "boolean", "datetime"]
-# The model families of the one family table (see families.py).
-Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]
-Scalar = str | int | float | bool
 
 
 class Paths:
@@ -137,115 +139,6 @@ class FeaturesConfig(Strict):
 
     max_categories: Annotated[int, Field(ge=2)] = 30
     min_frequency: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
-class DistributionSpec(Strict):
-    """One hyperparameter's search range: ``low``/``high`` (int or float) or ``choices``.
-
-    Raises:
-        ValueError: (as a pydantic error) an incomplete or contradictory range.
-    """
-
-    type: Literal["int", "float", "categorical"] | None = None
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list[Scalar | None] | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> DistributionSpec:
-        if self.type == "categorical" and self.choices is None:
-            raise ValueError("type categorical needs choices")
-        if self.type in ("int", "float") and self.choices is not None:
-            raise ValueError(f"type {self.type} needs low and high, not choices")
-        if self.choices is not None:
-            if self.low is not None or self.high is not None:
-                raise ValueError("give either choices or low/high, not both")
-            if not self.choices:
-                raise ValueError("choices must not be empty")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("needs low and high, or choices")
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("log scale needs low > 0")
-        if self.log and self.step is not None and not (self.kind == "int" and self.step == 1):
-            raise ValueError("a log scale cannot have a step (Optuna refuses it)")
-        return self
-
-    @property
-    def kind(self) -> Literal["int", "float", "categorical"]:
-        if self.type is not None:
-            return self.type
-        if self.choices is not None:
-            return "categorical"
-        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
-        return "int" if ints else "float"
-
-
-# The objectives tune.metric can name (evaluation.metrics.OBJECTIVES; a test keeps them equal).
-TUNE_METRICS = ("average_precision", "roc_auc", "log_loss", "brier", "f1", "balanced_accuracy")
-
-
-class PrunerConfig(Strict):
-    enabled: bool = True
-    n_startup_trials: Annotated[int, Field(ge=0)] = 5
-    n_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    percentile: Annotated[float, Field(gt=0, lt=100)] = 50.0
-
-
-class TuneConfig(Strict):
-    """tune: the search (trials, budget, objective, pruning, each family's space).
-
-    Raises:
-        ValueError: (as a pydantic error) no family is listed.
-    """
-
-    n_trials: Annotated[int, Field(gt=0)] = 40
-    timeout_s: Annotated[float, Field(gt=0)] | None = 1800
-    metric: str = Field(default="average_precision", description="one of TUNE_METRICS")
-    class_weight: Literal["balanced", "none"] = "balanced"
-    report_every: Annotated[int, Field(gt=0)] = Field(
-        default=25, description="XGBoost boosting rounds between pruning reports"
-    )
-    rf_steps: Annotated[int, Field(ge=1)] = Field(
-        default=4, description="Random forests grow in this many chunks, reporting after each"
-    )
-    n_jobs: Annotated[int, Field(ge=1)] = 2
-    pruner: PrunerConfig = PrunerConfig()
-    fidelity: FidelitySettings = FidelitySettings()
-    families: dict[Family, dict[str, DistributionSpec | Scalar]]
-
-    @field_validator("families")
-    @classmethod
-    def _at_least_one(cls, v: dict) -> dict:
-        if not v:
-            raise ValueError("list at least one model family")
-        return v
-
-    @field_validator("metric")
-    @classmethod
-    def _known_objective(cls, value: str) -> str:
-        if value not in TUNE_METRICS:
-            raise ValueError(f"unknown metric {value!r}; expected one of {', '.join(TUNE_METRICS)}")
-        return value
-
-    def unknown_hyperparameters(self) -> list[tuple[str, str]]:
-        """(key path, message) of every hyperparameter its family does not accept."""
-        found = []
-        for family, values in self.families.items():
-            accepted = FAMILIES[family].hyperparameters
-            for name in values:
-                if name not in accepted:
-                    found.append(
-                        (
-                            f"tune.families.{family}.{name}",
-                            f"unknown hyperparameter (known: {', '.join(sorted(accepted))})",
-                        )
-                    )
-        return found
 
 
 class ThresholdConfig(Strict):

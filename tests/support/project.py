@@ -26,6 +26,10 @@ FAST = {
     "tune.pruner.n_startup_trials": 2,
     "tune.families.random_forest.n_estimators": {"low": 20, "high": 60, "step": 20},
     "tune.families.xgboost.n_estimators": {"low": 25, "high": 100, "step": 25},
+    "tune.families.extra_trees.n_estimators": {"low": 20, "high": 60, "step": 20},
+    "tune.start_points.random_forest.n_estimators": 20,
+    "tune.start_points.xgboost.n_estimators": 100,
+    "tune.start_points.extra_trees.n_estimators": 20,
     "explain.sample_size": 120,
     "explain.background_size": 40,
     "promotion.latency_repeats": 30,
@@ -45,7 +49,12 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
 
 
 def make_params(overrides: dict[str, Any] | None = None, fast: bool = True) -> dict[str, Any]:
+    """params.yaml with these dotted overrides. A test that gives its own ``tune.families``
+    gets no start points unless it gives those too (the defaults may be outside its ranges).
+    """
     raw = copy.deepcopy(default_params())
+    if "tune.families" in (overrides or {}) and "tune.start_points" not in overrides:
+        overrides = {**overrides, "tune.start_points": {}}
     for dotted, value in {**(FAST if fast else {}), **(overrides or {})}.items():
         set_dotted(raw, dotted, value)
     return raw

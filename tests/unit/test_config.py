@@ -60,7 +60,12 @@ def test_default_params_file_loads():
     assert params.data.target == "deny"
     assert params.data.positive_class == "yes"
     assert params.data.split.train == pytest.approx(0.6)
-    assert set(params.tune.families) == {"logistic_regression", "random_forest", "xgboost"}
+    assert set(params.tune.families) == {
+        "logistic_regression",
+        "random_forest",
+        "extra_trees",
+        "xgboost",
+    }
     assert params.tune.families["xgboost"]["max_depth"].kind == "int"
     assert params.tune.families["xgboost"]["learning_rate"].kind == "float"
     assert params.tune.families["random_forest"]["max_features"].kind == "categorical"

@@ -10,14 +10,14 @@ import pytest
 import skops.io as sio
 import xgboost as xgb
 from mlflow.exceptions import MlflowException
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from mlplatform import model_format
 from mlplatform.config import FeaturesConfig
 from mlplatform.data import columns
-from mlplatform.modeling import features
+from mlplatform.modeling import families, features
 
 CFG = FeaturesConfig(max_categories=4, min_frequency=0.05)
 CLASSES = ["no", "yes"]
@@ -192,10 +192,12 @@ def _fit(family: str, x: np.ndarray, y: np.ndarray):
         return LogisticRegression(max_iter=500).fit(x, y)
     if family == "random_forest":
         return RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0).fit(x, y)
+    if family == "extra_trees":
+        return ExtraTreesClassifier(n_estimators=15, max_depth=5, random_state=0).fit(x, y)
     return xgb.XGBClassifier(n_estimators=15, max_depth=3, n_jobs=1, random_state=0).fit(x, y)
 
 
-@pytest.fixture(scope="module", params=["logistic_regression", "random_forest", "xgboost"])
+@pytest.fixture(scope="module", params=list(families.FAMILY_NAMES))
 def saved(request, tmp_path_factory, frame, specs, canonical):
     family = request.param
     pre = features.build_preprocessor(specs, CFG, scale=family == "logistic_regression")

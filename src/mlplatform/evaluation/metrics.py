@@ -14,8 +14,9 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from mlplatform.config import TUNE_METRICS, ThresholdConfig
+from mlplatform.config import ThresholdConfig
 from mlplatform.errors import ConfigError
+from mlplatform.search.settings import TUNE_METRICS
 
 
 def _n_classes(proba: np.ndarray) -> int:

@@ -84,7 +84,7 @@ def fit(
     estimator.fit(
         x_train,
         y_train,
-        **families.fit_kwargs(family, y_train, n_classes, params.tune.class_weight),
+        **families.fit_kwargs(family, y_train, n_classes, params.tune.class_weight, hp),
     )
     proba = estimator.predict_proba(x_valid)
     threshold = None
@@ -244,8 +244,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         mlflow.log_params(
             {
                 "family": family,
-                **hp,
                 "class_weight": params.tune.class_weight,
+                **hp,
                 "threshold_rule": params.train.threshold.rule,
                 "seed": params.seed,
             }

@@ -185,14 +185,15 @@ def fit_rung(
     """
     hp = dict(hp)
     outcome: dict[str, Any] = {}
-    cap = cfg.forest_max_rows if family == "random_forest" else None
+    kind = families.get(family)
+    cap = cfg.forest_max_rows if kind.rows_per_tree else None
     if cap and "max_samples" not in hp and len(y) > cap:
         hp["max_samples"] = outcome["max_samples"] = int(cfg.forest_max_rows)
     estimator = families.make_estimator(
         family, hp, y=y, n_classes=n_classes, class_weight=class_weight, seed=seed, n_jobs=n_jobs
     )
-    fit_params = families.fit_kwargs(family, y, n_classes, class_weight)
-    early = family == "xgboost" and cfg.early_stopping_rounds is not None
+    fit_params = families.fit_kwargs(family, y, n_classes, class_weight, hp)
+    early = kind.early_stopping and cfg.early_stopping_rounds is not None
     if early:
         # The unweighted log loss on the validation rows: smoother than a ranking metric on
         # a small validation set (HMDA: AP stopped at 10 rounds and lost on test), and not

@@ -18,8 +18,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from mlplatform.config import DistributionSpec, TuneConfig
 from mlplatform.errors import ConfigError
+from mlplatform.search.settings import DistributionSpec, TuneConfig
 
 FAMILY_PARAM = "family"
 NO_FAMILY = "(not sampled)"
@@ -99,3 +99,46 @@ def plain_params(
             if not isinstance(dist, BaseDistribution):
                 values.setdefault(name, dist)
     return family, values
+
+
+START_POINT_ATTR = "start_point"  # user attribute of a trial queued from tune.start_points
+
+
+def start_params(cfg: TuneConfig) -> list[dict[str, Any]]:
+    """Optuna parameters of each ``tune.start_points`` entry, in params.yaml's order.
+
+    Only searched hyperparameters are given (a fixed one is not suggested); those a start
+    point leaves out are drawn by the sampler. Values were checked at load
+    (``TuneConfig.bad_start_points``).
+    """
+    spaces = parse(cfg)
+    out = []
+    for family, values in cfg.start_points.items():
+        if family not in spaces:
+            continue  # not searched
+        params: dict[str, Any] = {FAMILY_PARAM: family}
+        for name, value in values.items():
+            dist = spaces[family].get(name)
+            if isinstance(dist, IntDistribution):
+                params[f"{family}.{name}"] = int(value)
+            elif isinstance(dist, FloatDistribution):
+                params[f"{family}.{name}"] = float(value)
+            elif isinstance(dist, CategoricalDistribution):
+                params[f"{family}.{name}"] = value
+        out.append(params)
+    return out
+
+
+def enqueue_start_points(study: optuna.Study, cfg: TuneConfig) -> int:
+    """Queue the start points on a study that has no trials yet; returns how many.
+
+    A cheap, sound configuration of each family first (FLAML's "low-cost initial point"):
+    the search has a fitted model of every family within seconds, and TPE's random start
+    follows. Deterministic: the queue is taken in order, before anything is sampled.
+    """
+    if study.get_trials(deepcopy=False):
+        return 0
+    points = start_params(cfg)
+    for p in points:
+        study.enqueue_trial(p, user_attrs={START_POINT_ATTR: True})
+    return len(points)

@@ -21,12 +21,14 @@ from mlplatform.config import Params, Paths
 from mlplatform.evaluation.metrics import objective
 from mlplatform.io import digest, file_md5
 from mlplatform.postgres import is_postgres
+from mlplatform.search import space as search_space
 from mlplatform.search.pruning import make_pruner
 
 
 def new_study(params: Params, storage: Any = None, study_name: str | None = None) -> optuna.Study:
+    """Create (or load) the study; a new one gets ``tune.start_points`` queued first."""
     metric = objective(params.tune.metric)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=study_name,
         storage=storage,
         sampler=optuna.samplers.TPESampler(seed=params.seed),
@@ -34,6 +36,8 @@ def new_study(params: Params, storage: Any = None, study_name: str | None = None
         direction=metric.direction,
         load_if_exists=study_name is not None,
     )
+    search_space.enqueue_start_points(study, params.tune)
+    return study
 
 
 class SingleWriterJournal(BaseJournalBackend):

@@ -132,7 +132,9 @@ def make_objective(
             n_classes=data.n_classes,
             report_every=cfg.report_every,
             rf_steps=cfg.rf_steps,
-            fit_params=families.fit_kwargs(family, data.y_train, data.n_classes, cfg.class_weight),
+            fit_params=families.fit_kwargs(
+                family, data.y_train, data.n_classes, cfg.class_weight, hp
+            ),
         )
         figures = validation_metrics(data.y_valid, estimator.predict_proba(x_valid))
         trial.set_user_attr(METRICS_ATTR, figures)
@@ -233,7 +235,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         study = new_study(params, make_storage(paths), name)
         # A resumed search must not replay the sampler's random start-up points: seed it by
         # how far the study already got (0 for a fresh study, so fresh runs are identical).
-        done = len(study.get_trials(deepcopy=False))
+        # (The start points a fresh study queued are not trials run yet.)
+        waiting = (TrialState.WAITING,)
+        done = len(study.get_trials(deepcopy=False)) - len(
+            study.get_trials(deepcopy=False, states=waiting)
+        )
         if done:
             study.sampler = optuna.samplers.TPESampler(seed=params.seed + done)
         client, exp_id = tracking.setup(params)

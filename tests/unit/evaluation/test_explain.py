@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import shap
 import xgboost as xgb
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from mlplatform import model_format
@@ -18,13 +18,13 @@ from mlplatform.data import columns
 from mlplatform.evaluation import explain
 from mlplatform.modeling import families, features
 
-FAMILIES = ("xgboost", "random_forest", "logistic_regression")
+FAMILIES = ("xgboost", "random_forest", "extra_trees", "logistic_regression")
 TASKS = ("binary", "multiclass")
 SOURCE_COLUMNS = ["income", "debt", "age", "member", "color", "opened"]
 COLORS = ["red", "green", "blue", "teal", "gold"]
 N = 400
 # XGBoost computes in float32; everything else in float64.
-TOL = {"xgboost": 1e-4, "random_forest": 1e-8, "logistic_regression": 1e-8}
+TOL = {"xgboost": 1e-4, "random_forest": 1e-8, "extra_trees": 1e-8, "logistic_regression": 1e-8}
 
 
 def make_frame(n: int = N, seed: int = 0) -> pd.DataFrame:
@@ -74,6 +74,10 @@ def _fit(family: str, x: np.ndarray, y: np.ndarray):
         return LogisticRegression(max_iter=2000, C=0.5).fit(x, y)
     if family == "random_forest":
         return RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0, n_jobs=1).fit(
+            x, y
+        )
+    if family == "extra_trees":
+        return ExtraTreesClassifier(n_estimators=15, max_depth=5, random_state=0, n_jobs=1).fit(
             x, y
         )
     return xgb.XGBClassifier(
@@ -144,7 +148,7 @@ def _sample_and_background(b: Built, n: int = 80, n_bg: int = 40):
 
 def _expected_raw(b: Built, x: np.ndarray) -> np.ndarray:
     """The model's raw output computed straight from the in-memory estimator."""
-    if b.family == "random_forest":
+    if b.family in ("random_forest", "extra_trees"):
         return b.estimator.predict_proba(x)[:, b.keep]
     if b.family == "xgboost":
         margin = np.asarray(b.estimator.predict(x, output_margin=True), dtype=np.float64)
@@ -180,7 +184,8 @@ def test_method_and_output_space(explained):
     b, _, exp = explained
     assert exp.method == ("linear" if b.family == "logistic_regression" else "tree")
     assert exp.space == families.get(b.family).shap_output
-    assert exp.space == ("probability" if b.family == "random_forest" else "log-odds")
+    forest = b.family in ("random_forest", "extra_trees")
+    assert exp.space == ("probability" if forest else "log-odds")
 
 
 def test_values_add_up_to_the_raw_output(explained):

@@ -347,7 +347,7 @@ def test_journal_reads_optuna_file_backend_output(tmp_path):
 @pytest.fixture
 def tracked(tmp_path):
     """A journal-backed study, an MLflow store with a parent run, and the record callable."""
-    params = params_with()
+    params = params_with({"tune.start_points": {}})  # the trials here are made by hand
     spaces = search_space.parse(params.tune)
     metric = objective(params.tune.metric)
     backend = storage.SingleWriterJournal(tmp_path / "optuna.journal")
