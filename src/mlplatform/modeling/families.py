@@ -42,8 +42,9 @@ class Family:
         requirements: distributions the logged model needs beyond the common ones.
         multiclass_sample_weights: balanced class weights go in as per-row sample weights
             when there are more than two classes (the estimator has no class weights then).
-        rows_per_tree: each tree can be grown on a capped sample of rows (``max_samples``,
-            bootstrap forests): the search caps it at ``tune.fidelity.forest_max_rows``.
+        rows_per_tree: each tree can be grown on a capped bootstrap sample of rows
+            (``max_samples``, ``bootstrap``): the search caps it at
+            ``tune.fidelity.forest_max_rows``.
         early_stopping: boosting that stops on the validation set in the search (the rounds
             it used become ``n_estimators`` of the refit).
     """
@@ -213,6 +214,7 @@ FAMILIES: dict[str, Family] = {
             name="extra_trees",
             hyperparameters=_FOREST_HP | {"bootstrap"},
             build=_build_extra_trees,
+            rows_per_tree=True,
             **_FOREST,
         ),
         Family(

@@ -54,9 +54,10 @@ class FidelitySettings(Strict):
         early_stopping_rounds: XGBoost stops when the validation metric has not improved for
             this many rounds (n_estimators is then a cap and the rounds used an outcome);
             null turns it off.
-        forest_max_rows: each random-forest tree is grown on a bootstrap sample of at most
-            this many rows (``max_samples``), so forests cost stops growing with the data;
-            null: every tree sees a bootstrap sample as large as the data.
+        forest_max_rows: each forest tree (random forest, extra trees) is grown on a
+            bootstrap sample of at most this many rows (``max_samples``), so forests cost
+            stops growing with the data; null: random-forest trees see a bootstrap sample as
+            large as the data, extra trees all rows.
     """
 
     rungs: list[Annotated[float, Field(gt=0, le=1)]] = Field(

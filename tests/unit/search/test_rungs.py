@@ -221,3 +221,32 @@ def test_rungs_must_end_with_all_rows():
 
 def test_default_study_prunes_on_rungs():
     assert isinstance(storage.new_study(small_params()).pruner, rungs.RungPruner)
+
+
+@pytest.mark.parametrize("family", ["random_forest", "extra_trees"])
+def test_forest_trees_grow_on_at_most_forest_max_rows(family):
+    data = small_data(600)
+    params = small_params({"tune.fidelity.forest_max_rows": 100})
+    x, y = data.x_train[False], data.y_train
+    fit = {
+        "metric": objective("average_precision"),
+        "cfg": params.tune.fidelity,
+        "n_classes": 2,
+        "class_weight": "none",
+        "seed": 0,
+        "n_jobs": 1,
+    }
+    hp = {"n_estimators": 5}
+    est, outcome, _ = rungs.fit_rung(family, hp, x, y, data.x_valid[False], data.y_valid, **fit)
+    assert outcome == {"max_samples": 100, "bootstrap": True}  # the refit grows the same trees
+    assert (est.get_params()["max_samples"], est.get_params()["bootstrap"]) == (100, True)
+    # Fewer rows than the cap, or bootstrap turned off by the user: every tree sees all rows.
+    _, outcome, _ = rungs.fit_rung(
+        family, hp, x[:90], y[:90], data.x_valid[False], data.y_valid, **fit
+    )
+    assert outcome == {}
+    if family == "extra_trees":
+        est, outcome, _ = rungs.fit_rung(
+            family, {**hp, "bootstrap": False}, x, y, data.x_valid[False], data.y_valid, **fit
+        )
+        assert outcome == {} and est.get_params()["max_samples"] is None
