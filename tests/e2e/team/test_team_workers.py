@@ -207,6 +207,31 @@ def _running_trial(storage: str, deadline: float) -> tuple[optuna.Study, object]
     raise AssertionError("no trial to kill before the deadline")
 
 
+def _frozen_running_trial(storage: str, deadline: float) -> tuple[object, int]:
+    """A running trial with its parameters, whose worker is stopped (SIGSTOP) mid-trial.
+
+    A trial seen running may finish before a kill lands (XGBoost stops early on this
+    data), and then the kill hits a worker between trials: CI lost that race twice. A
+    stopped worker cannot tell its trial, so a re-read that still shows it running means
+    the kill that follows interrupts exactly that trial.
+    """
+    while time.time() < deadline:
+        _, trial = _running_trial(storage, deadline)
+        pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        time.sleep(0.5)  # a tell already sent reaches PostgreSQL
+        now = _study(storage).trials[trial.number]
+        # Without parameters yet (stopped between ask and suggest) there is nothing to
+        # queue again: a real outcome, but not the one these tests are about.
+        if now.state == TrialState.RUNNING and now.params:
+            return now, pid
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("no trial to kill before the deadline")
+
+
 def test_a_killed_machine_leaves_a_failed_trial_and_no_running_run(tmp_path, server, optuna_db):
     slow = {
         "tune.n_trials": 6,
@@ -223,11 +248,10 @@ def test_a_killed_machine_leaves_a_failed_trial_and_no_running_run(tmp_path, ser
     env = _env(server, optuna_db)
     proc = _tune(project, env, "--workers", "1")
     try:
-        _, victim = _running_trial(optuna_db, time.time() + 300)
+        victim, worker_pid = _frozen_running_trial(optuna_db, time.time() + 300)
         # The machine dies: its tune and (through PR_SET_PDEATHSIG) its worker.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        worker_pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
         for _ in range(100):
             if not Path(f"/proc/{worker_pid}").exists():
                 break
@@ -273,8 +297,8 @@ def test_a_killed_worker_is_failed_at_once_by_its_tune(tmp_path, server, optuna_
     (project,) = _machines(tmp_path, "workers-kill-one", slow, n=1)
     proc = _tune(project, _env(server, optuna_db), "--workers", "2")
     try:
-        _, victim = _running_trial(optuna_db, time.time() + 300)
-        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        victim, worker_pid = _frozen_running_trial(optuna_db, time.time() + 300)
+        os.kill(worker_pid, signal.SIGKILL)
         out = _finish(proc)
     finally:
         if proc.poll() is None:
@@ -286,7 +310,9 @@ def test_a_killed_worker_is_failed_at_once_by_its_tune(tmp_path, server, optuna_
     assert killed.state == TrialState.FAIL and killed.user_attrs.get("interrupted") is True
     # The other worker ran its parameters again and the budget is whole.
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, [
+        (t.number, t.state.name, t.params, t.user_attrs) for t in study.trials
+    ]
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == slow["tune.n_trials"]
     report = json.loads((project / "reports/tune.json").read_text())
     assert sum(len(w["trials"]) for w in report["workers"]) == len(study.trials)
