@@ -218,10 +218,38 @@ def search(params, paths, data, n_trials: int) -> dict:
         "complete": states.count(optuna.trial.TrialState.COMPLETE),
         "pruned": states.count(optuna.trial.TrialState.PRUNED),
         "best_family": family,
+        "best_params": hp,
         "best_valid": float(best.value),
         "curve": curve,
         **refit_and_test(params, paths, family, hp),
     }
+
+
+def class_weight_pairs(params, paths) -> list[dict]:
+    """Each tree family's start point refit with balanced and with no class weights, both
+    scored on the test split: what searching ``class_weight`` can buy for a ranking metric."""
+    out = []
+    for family, start in params.tune.start_points.items():
+        if family == "logistic_regression" or family not in params.tune.families:
+            continue
+        fits = {
+            cw: refit_and_test(params, paths, family, {**start, "class_weight": cw})
+            for cw in ("balanced", "none")
+        }
+        y, p_balanced = fits["balanced"]["_test"]
+        out.append(
+            {
+                "family": family,
+                **{f"test_ap_{cw}": f["test_average_precision"] for cw, f in fits.items()},
+                **{f"refit_s_{cw}": f["refit_s"] for cw, f in fits.items()},
+                "none_minus_balanced": paired_delta_ci(y, fits["none"]["_test"][1], p_balanced, 0),
+            }
+        )
+        print(
+            f"{family}: " + ", ".join(f"{k} {v}" for k, v in out[-1].items() if k != "family"),
+            file=sys.stderr,
+        )
+    return out
 
 
 def save(results: dict, name: str = "search_scaling.json") -> None:
@@ -307,6 +335,11 @@ def main() -> int:
     ap.add_argument("--flaml-rows", type=int, default=100_000, help="0: the default data")
     ap.add_argument("--variants", default="new,old")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument(
+        "--class-weights",
+        default="",
+        help="sizes (0: the default data), e.g. 0,100000: start points, balanced against none",
+    )
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("MLPLATFORM_OPTUNA_STORAGE", None)
@@ -318,6 +351,18 @@ def main() -> int:
     flaml_path = OUT / "search_flaml.json"
     if args.plot_only:
         plot_curves(json.loads(flaml_path.read_text()))
+        return 0
+    if args.class_weights:
+        weights = {}
+        for rows in (int(r) for r in args.class_weights.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                params, paths = make_project(
+                    Path(tmp), {**FRAUD, "data.rows": rows} if rows else {}
+                )
+                label = params.data.source + (f" {rows:,} rows" if rows else "")
+                print(label, file=sys.stderr)
+                weights[label] = class_weight_pairs(params, paths)
+        save(weights, "search_class_weights.json")
         return 0
     results.setdefault("scaling", [])
     results["machine"] = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
