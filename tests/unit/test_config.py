@@ -197,6 +197,15 @@ def test_log_scale_distribution_needs_positive_low():
     assert "log scale needs low > 0" in config_error(raw)
 
 
+@pytest.mark.parametrize(("step", "what"), [(2.5, "needs a whole step"), (0, "must be positive")])
+def test_an_int_range_with_a_step_optuna_cannot_draw_is_rejected(step, what):
+    raw = set_key(
+        default_raw(), "tune.families.xgboost.max_depth", {"low": 0, "high": 10, "step": step}
+    )
+    message = config_error(raw)
+    assert "tune.families.xgboost.max_depth" in message and what in message
+
+
 def test_empty_families_is_rejected():
     message = config_error(set_key(default_raw(), "tune.families", {}))
     assert "tune.families" in message

@@ -127,6 +127,13 @@ class DistributionSpec(Strict):
             raise ValueError("log scale needs low > 0")
         if self.log and self.step is not None and not (self.kind == "int" and self.step == 1):
             raise ValueError("a log scale cannot have a step (Optuna refuses it)")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step ({self.step}) must be positive")
+        if self.kind == "int" and self.step is not None and not float(self.step).is_integer():
+            raise ValueError(
+                f"an int range needs a whole step, not {self.step} (write low as a float, "
+                "e.g. 0.0, for a float range)"
+            )
         return self
 
     @property
@@ -145,8 +152,8 @@ class DistributionSpec(Strict):
     def admits(self, value: Any) -> bool:
         """Is ``value`` one this range can draw (a start point must be)?"""
         choices = self.values()
-        if choices is not None:
-            return value in choices
+        if choices is not None:  # the same value and type: 1 is not the choice 1.0, nor True
+            return any(type(value) is type(c) and value == c for c in choices)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
         if self.kind == "int" and not float(value).is_integer():

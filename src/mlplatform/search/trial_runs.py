@@ -366,6 +366,8 @@ def trial_record(
         tags["error"] = str(err)
     if (retry := trial.user_attrs.get("retry_of")) is not None:
         tags["optuna.retry_of"] = str(retry)
+    if trial.user_attrs.get(search_space.START_POINT_ATTR):
+        tags["start_point"] = "true"  # queued from tune.start_points, not sampled
     extra_params, step_metrics = _rung_view(trial, metrics, tags)
     return RunRecord(
         experiment_id=experiment_id,

@@ -207,14 +207,17 @@ def _running_trial(storage: str, deadline: float) -> tuple[optuna.Study, object]
     raise AssertionError("no trial to kill before the deadline")
 
 
-def _frozen_running_trial(storage: str, deadline: float) -> tuple[object, int]:
-    """A running trial with its parameters, whose worker is stopped (SIGSTOP) mid-trial.
+def _frozen_running_trial(storage: str, deadline: float, space: dict) -> tuple[object, int]:
+    """A running trial with all its parameters (``space``: tune.families of one family),
+    whose worker is stopped (SIGSTOP) mid-trial.
 
     A trial seen running may finish before a kill lands (XGBoost stops early on this
     data), and then the kill hits a worker between trials: CI lost that race twice. A
     stopped worker cannot tell its trial, so a re-read that still shows it running means
     the kill that follows interrupts exactly that trial.
     """
+    ((family, hps),) = space.items()
+    names = {f"{family}.{name}" for name in hps}
     while time.time() < deadline:
         _, trial = _running_trial(storage, deadline)
         pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
@@ -224,9 +227,9 @@ def _frozen_running_trial(storage: str, deadline: float) -> tuple[object, int]:
             continue
         time.sleep(0.5)  # a tell already sent reaches PostgreSQL
         now = _study(storage).trials[trial.number]
-        # Without parameters yet (stopped between ask and suggest) there is nothing to
-        # queue again: a real outcome, but not the one these tests are about.
-        if now.state == TrialState.RUNNING and now.params:
+        # Stopped between ask and its last suggest, the trial has nothing (or only part)
+        # to queue again: a real outcome, but not the one these tests are about.
+        if now.state == TrialState.RUNNING and names <= set(now.params):
             return now, pid
         os.kill(pid, signal.SIGCONT)
     raise AssertionError("no trial to kill before the deadline")
@@ -248,7 +251,9 @@ def test_a_killed_machine_leaves_a_failed_trial_and_no_running_run(tmp_path, ser
     env = _env(server, optuna_db)
     proc = _tune(project, env, "--workers", "1")
     try:
-        victim, worker_pid = _frozen_running_trial(optuna_db, time.time() + 300)
+        victim, worker_pid = _frozen_running_trial(
+            optuna_db, time.time() + 300, slow["tune.families"]
+        )
         # The machine dies: its tune and (through PR_SET_PDEATHSIG) its worker.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -297,7 +302,9 @@ def test_a_killed_worker_is_failed_at_once_by_its_tune(tmp_path, server, optuna_
     (project,) = _machines(tmp_path, "workers-kill-one", slow, n=1)
     proc = _tune(project, _env(server, optuna_db), "--workers", "2")
     try:
-        victim, worker_pid = _frozen_running_trial(optuna_db, time.time() + 300)
+        victim, worker_pid = _frozen_running_trial(
+            optuna_db, time.time() + 300, slow["tune.families"]
+        )
         os.kill(worker_pid, signal.SIGKILL)
         out = _finish(proc)
     finally:

@@ -73,6 +73,18 @@ def test_a_start_point_its_space_cannot_draw_is_refused(points, where, what):
     assert what in message
 
 
+@pytest.mark.parametrize("value", [1, True])
+def test_a_start_point_equal_to_a_choice_of_another_type_is_refused(value):
+    # 1 == 1.0 == True, but the trial would grow trees on 1 feature per split where the
+    # study (and the train stage's refit) records 1.0, all of them.
+    space = {"extra_trees": {"max_features": {"choices": ["sqrt", 0.5, 1.0]}}}
+    with pytest.raises(ConfigError, match=r"tune\.start_points\.extra_trees\.max_features"):
+        params_with({"extra_trees": {"max_features": value}}, space)
+    ok = params_with({"extra_trees": {"max_features": 1.0}}, space)
+    (point,) = search_space.start_params(ok.tune)
+    assert type(point["extra_trees.max_features"]) is float
+
+
 def test_a_class_weight_that_is_not_balanced_or_none_is_refused():
     space = {**SPACE, "xgboost": {**SPACE["xgboost"], "class_weight": {"choices": ["yes"]}}}
     with pytest.raises(ConfigError, match=r"tune\.families\.xgboost\.class_weight: 'yes'"):

@@ -225,6 +225,14 @@ def test_trial_record_pruned_uses_last_intermediate_value():
     assert [s for _, _, s in rec.step_metrics] == [25, 50]
 
 
+def test_trial_record_of_a_start_point_is_tagged():
+    attrs = {search_space.START_POINT_ATTR: True}
+    assert record(frozen(TrialState.COMPLETE, value=0.8, user_attrs=attrs)).tags["start_point"] == (
+        "true"
+    )
+    assert "start_point" not in record(frozen(TrialState.COMPLETE, value=0.8)).tags
+
+
 def test_trial_record_failed_with_error():
     rec = record(frozen(TrialState.FAIL, user_attrs={trial_runs.ERROR_ATTR: "ValueError: boom"}))
     assert rec.status == "FAILED"
