@@ -93,7 +93,8 @@ def test_stopped_workers_resume_to_exactly_n_trials(tmp_path):
     assert len(counted) == N_TRIALS and all(t.state == TrialState.COMPLETE for t in counted)
     for t in interrupted:  # each stopped trial's parameters were run again, once
         retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
-        assert len(retries) == 1 and retries[0].params == t.params
+        # A trial stopped before its last suggest queued what it had; the rest is drawn.
+        assert len(retries) == 1 and retries[0].params.items() >= t.params.items()
     client = client_for(project)
     report = json.loads((project / "reports/tune.json").read_text())
     assert client.get_run(report["parent_run_id"]).info.status == "FINISHED"
