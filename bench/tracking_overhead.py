@@ -105,6 +105,7 @@ def run_callback(params, paths, experiment_id: str, uri: str) -> dict:
         pruner=pruning.make_pruner(params),
         direction=metric.direction,
     )
+    search_space.enqueue_start_points(study, params.tune)  # the same first trials as ours
     callback = MLflowCallback(
         tracking_uri=uri,
         metric_name=f"valid_{metric.name}",
