@@ -18,6 +18,7 @@ not when the table is read: ``config`` reads the family names on every command.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,18 +128,48 @@ def _fit_once(estimator, x_train, y_train, x_valid, report, *, n_classes, steps,
     return estimator
 
 
-def _fit_forest(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
+def grow_forest(
+    estimator: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    fit_params: dict[str, Any],
+    fractions: list[float],
+    before: Callable[[int, int], None] | None = None,
+    after: Callable[[int], None] | None = None,
+) -> Any:
+    """Grow a scikit-learn forest in warm-started chunks, to ``fractions`` (increasing, the
+    last 1.0) of its trees: the same forest as one fit (each new tree draws the seed it
+    would have drawn). ``before(grown, target)`` runs before each chunk and ``after(grown)``
+    after it; either may raise to stop the fit."""
     total = estimator.get_params()["n_estimators"]
     estimator.set_params(warm_start=True)
-    for k in range(1, steps["rf_steps"] + 1):
-        n = max(1, math.ceil(total * k / steps["rf_steps"]))
-        if k > 1 and n == estimator.get_params()["n_estimators"]:
-            continue
-        estimator.set_params(n_estimators=n)
-        estimator.fit(x_train, y_train, **fit_params)
-        report(n, estimator.predict_proba(x_valid), n >= total)
-    estimator.set_params(warm_start=False)
+    grown = 0
+    try:
+        for f in fractions:
+            n = max(1, math.ceil(total * f))
+            if n <= grown:
+                continue
+            if before is not None:
+                before(grown, n)
+            estimator.set_params(n_estimators=n)
+            estimator.fit(x_train, y_train, **fit_params)
+            grown = n
+            if after is not None:
+                after(n)
+    finally:
+        estimator.set_params(warm_start=False)
     return estimator
+
+
+def _fit_forest(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
+    total = estimator.get_params()["n_estimators"]
+
+    def after(n: int) -> None:
+        report(n, estimator.predict_proba(x_valid), n >= total)
+
+    chunks = steps["rf_steps"]
+    fractions = [k / chunks for k in range(1, chunks + 1)]
+    return grow_forest(estimator, x_train, y_train, fit_params, fractions, after=after)
 
 
 def _fit_xgboost(estimator, x_train, y_train, x_valid, report, *, n_classes, steps, fit_params):
@@ -331,3 +362,49 @@ def fit_reporting(
         steps={"report_every": report_every, "rf_steps": rf_steps},
         fit_params=fit_params,
     )
+
+
+# A fit that stops when the wall-clock budget runs out (the search's budget planner): a
+# forest grows to these fractions of its trees, a small first chunk (the cost of a
+# configuration is known only once some of it is grown), then eighths.
+FOREST_CHUNKS = [1 / 32, *(k / 8 for k in range(1, 9))]
+
+
+def fit_within(
+    family: str,
+    estimator: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    fit_params: dict[str, Any],
+    check: Callable[[float], None],
+) -> Any:
+    """Fit, calling ``check(predicted seconds of the next part)`` between parts of the work:
+    forests between chunks of trees (``FOREST_CHUNKS``: the same forest as one fit), XGBoost
+    after every boosting round; ``check`` raises to stop. Logistic regression fits at once.
+    The prediction is the time per tree (per round) so far times the trees (one round) next.
+    """
+    kind = get(family)
+    start = time.perf_counter()
+    if kind.rows_per_tree:
+
+        def before(grown: int, target: int) -> None:
+            if grown:
+                check((time.perf_counter() - start) / grown * (target - grown))
+
+        return grow_forest(estimator, x_train, y_train, fit_params, FOREST_CHUNKS, before=before)
+    if kind.native_format:  # XGBoost: a training callback between rounds
+        import xgboost as xgb
+
+        class Deadline(xgb.callback.TrainingCallback):
+            def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+                check((time.perf_counter() - start) / (epoch + 1))
+                return False
+
+        estimator.set_params(callbacks=[Deadline()])
+        try:
+            estimator.fit(x_train, y_train, **fit_params)
+        finally:
+            estimator.set_params(callbacks=None)
+        return estimator
+    estimator.fit(x_train, y_train, **fit_params)
+    return estimator

@@ -177,8 +177,12 @@ def fit_rung(
     class_weight: str,
     seed: int,
     n_jobs: int,
+    check: Callable[[float], None] | None = None,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Fit one configuration on one rung's rows.
+
+    ``check(predicted seconds)`` runs between parts of the fit (chunks of trees, boosting
+    rounds: ``families.fit_within``) and raises ``BudgetExhausted`` to stop it.
 
     Returns:
         (estimator, outcome hyperparameters to refit with, record without rung/rows).
@@ -206,7 +210,10 @@ def fit_rung(
         estimator.set_params(early_stopping_rounds=cfg.early_stopping_rounds, eval_metric=name)
         fit_params = {**fit_params, "eval_set": [(x_valid, y_valid)], "verbose": False}
     t0 = time.perf_counter()
-    estimator.fit(x, y, **fit_params)
+    if check is None:
+        estimator.fit(x, y, **fit_params)
+    else:
+        families.fit_within(family, estimator, x, y, fit_params, check)
     proba = estimator.predict_proba(x_valid)
     seconds = time.perf_counter() - t0
     record: dict[str, Any] = {"value": float(metric.fn(y_valid, proba)), "seconds": seconds}
@@ -266,8 +273,10 @@ def make_objective(
                 reused.append(k)
                 trial.set_user_attr(REUSED_ATTR, reused)
             else:
+                check = None
                 if planner is not None:
-                    planner.check(trial, family, k, rows, records)
+                    predicted = planner.check(trial, family, k, rows, records)
+                    check = planner.stopper(family, k, predicted)
                 idx = rows_of[k]
                 _, outcome, rec = fit_rung(
                     family,
@@ -282,6 +291,7 @@ def make_objective(
                     class_weight=cfg.class_weight,
                     seed=params.seed,
                     n_jobs=cfg.n_jobs,
+                    check=check,
                 )
                 proba = rec.pop("proba")
                 rec.update(rung=k, rows=rows, finished_at=time.time(), outcome=outcome)
