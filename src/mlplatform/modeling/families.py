@@ -186,7 +186,12 @@ def _fit_xgboost(estimator, x_train, y_train, x_valid, report, *, n_classes, ste
                 report(rounds, _as_proba(raw, n_classes), rounds == total)
             return False
 
-    estimator.set_params(callbacks=[Reporting()])
+    return _fit_xgboost_with(estimator, Reporting(), x_train, y_train, fit_params)
+
+
+def _fit_xgboost_with(estimator, callback, x_train, y_train, fit_params) -> Any:
+    """Fit an XGBoost estimator with a training callback, leaving none on it afterwards."""
+    estimator.set_params(callbacks=[callback])
     try:
         estimator.fit(x_train, y_train, **fit_params)
     finally:
@@ -400,11 +405,6 @@ def fit_within(
                 check((time.perf_counter() - start) / (epoch + 1))
                 return False
 
-        estimator.set_params(callbacks=[Deadline()])
-        try:
-            estimator.fit(x_train, y_train, **fit_params)
-        finally:
-            estimator.set_params(callbacks=None)
-        return estimator
+        return _fit_xgboost_with(estimator, Deadline(), x_train, y_train, fit_params)
     estimator.fit(x_train, y_train, **fit_params)
     return estimator
