@@ -28,9 +28,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mlplatform.evaluation.metrics import Objective, validation_metrics
 from mlplatform.modeling import families
+from mlplatform.search import interrupt
 from mlplatform.search import space as search_space
 from mlplatform.search.settings import FidelitySettings
-from mlplatform.search.trial_runs import ERROR_ATTR, INTERRUPTED_ATTR, METRICS_ATTR
+from mlplatform.search.trial_runs import METRICS_ATTR
 
 RUNGS_ATTR = "rungs"  # [{rung, rows, value, seconds, best_iteration, finished_at}]
 FIT_PARAMS_ATTR = "fit_params"  # outcomes the train stage refits with (n_estimators, ...)
@@ -309,21 +310,13 @@ def make_objective(
         trial.set_user_attr(METRICS_ATTR, final["metrics"])
         return final["metrics"][metric.name]
 
-    def guarded(trial: optuna.Trial) -> float:
+    def budgeted(trial: optuna.Trial) -> float:
         try:
             return run_trial(trial)
-        except optuna.TrialPruned:
-            raise
         except BudgetExhausted as exc:
             # Not started for lack of time: pruned where it stands, marked; cheaper trials
             # (another family, an earlier rung) may still fit, until Optuna's timeout.
             trial.set_user_attr(BUDGET_ATTR, str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        except Exception as exc:
-            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
-            raise
-        except BaseException:
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            raise
 
-    return guarded
+    return interrupt.guard(budgeted)

@@ -16,9 +16,8 @@ import contextlib
 import functools
 import logging
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from mlplatform.evaluation.metrics import Objective, objective, validation_metri
 from mlplatform.io import write_json
 from mlplatform.modeling import families
 from mlplatform.modeling.features import design_matrices
-from mlplatform.search import budget, rungs
+from mlplatform.search import budget, interrupt, rungs
 from mlplatform.search import space as search_space
 from mlplatform.search.storage import (
     SingleWriterJournal,
@@ -45,8 +44,6 @@ from mlplatform.search.storage import (
     study_name,
 )
 from mlplatform.search.trial_runs import (
-    ERROR_ATTR,
-    INTERRUPTED_ATTR,
     METRICS_ATTR,
     PARENT_ATTR,
     RunRecord,
@@ -140,19 +137,7 @@ def make_objective(
         trial.set_user_attr(METRICS_ATTR, figures)
         return figures[metric.name]
 
-    def guarded(trial: optuna.Trial) -> float:
-        try:
-            return run_trial(trial)
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
-            raise
-        except BaseException:
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            raise
-
-    return guarded
+    return interrupt.guard(run_trial)
 
 
 def search_objective(
@@ -189,24 +174,6 @@ def run_search(
 
 
 # --------------------------------------------------------------------------------------
-# Stopping.
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so the current trial and parent run are closed as KILLED."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# --------------------------------------------------------------------------------------
 # The stage.
 
 
@@ -226,7 +193,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     clock = time.perf_counter
     with contextlib.ExitStack() as held:
         held.enter_context(exclusive(paths.state / "tune.lock"))
-        held.enter_context(sigterm_as_interrupt())
+        held.enter_context(interrupt.signals_as_interrupt())
         t_load = clock()
         data = load_search_data(params, paths, list(spaces))
         t_setup = clock()

@@ -44,7 +44,7 @@ from mlplatform.config import Params, Paths
 from mlplatform.errors import MlplatformError
 from mlplatform.evaluation.metrics import Objective, objective
 from mlplatform.io import read_json, write_json
-from mlplatform.search import shared, tune
+from mlplatform.search import interrupt, shared, tune
 from mlplatform.search import space as search_space
 from mlplatform.search.pruning import make_pruner
 from mlplatform.search.storage import exclusive, new_study, study_name
@@ -126,7 +126,7 @@ def run_parallel(params: Params, paths: Paths, n: int) -> dict[str, Any]:
     threads = threads_per_worker(params, n)
     with contextlib.ExitStack() as held:
         held.enter_context(exclusive(paths.state / "tune.lock"))
-        held.enter_context(tune.sigterm_as_interrupt())
+        held.enter_context(interrupt.signals_as_interrupt())
         with locks.setup():
             storage = shared.open_storage(params.search_workers, paths.optuna_journal, url)
             study = new_study(params, storage, name)
@@ -373,6 +373,7 @@ def work(spec: dict[str, Any], index: int) -> int:
     code = 0
     try:
         while time.monotonic() < deadline:
+            interrupt.raise_if_requested()  # a stop a library swallowed
             trial = None
             with locks.claim():
                 shared.fail_stale(study)
@@ -425,7 +426,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     spec_path, index = Path(argv[0]), int(argv[1])
     try:
-        with tune.sigterm_as_interrupt():
+        with interrupt.signals_as_interrupt():
             return work(read_json(spec_path), index)
     except MlplatformError as exc:
         print(f"error: worker {index}: {exc}", file=sys.stderr)

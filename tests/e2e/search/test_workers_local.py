@@ -85,12 +85,15 @@ def test_stopped_workers_resume_to_exactly_n_trials(tmp_path):
     interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
 
-    run_cli(project, "tune", "--workers", "2")  # resume
+    resumed = run_cli(project, "tune", "--workers", "2")
 
     trials = _trials(project)
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    seen = [(t.number, t.state.name, t.user_attrs) for t in trials]
+    why = f"{seen}\nstopped:\n{err[-3000:]}\nresumed:\n{resumed.stderr[-3000:]}"
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], why
     counted = [t for t in trials if not t.user_attrs.get("interrupted")]
-    assert len(counted) == N_TRIALS and all(t.state == TrialState.COMPLETE for t in counted)
+    assert len(counted) == N_TRIALS, why
+    assert all(t.state == TrialState.COMPLETE for t in counted), why
     for t in interrupted:  # each stopped trial's parameters were run again, once
         retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
         # A trial stopped before its last suggest queued what it had; the rest is drawn.
