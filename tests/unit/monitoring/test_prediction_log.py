@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from mlplatform.errors import ConfigError
 from mlplatform.monitoring import prediction_log as pl
+from mlplatform.monitoring.prediction_log.store import use_wal
 
 FORK = mp.get_context("fork")
 CLASSES = ["no", "yes"]
@@ -176,6 +177,7 @@ def test_queued_rows_are_written_at_interpreter_exit(tmp_path):
     script = f"""
 import numpy as np, pandas as pd
 from mlplatform.monitoring import prediction_log as pl
+from mlplatform.monitoring.prediction_log.store import use_wal
 log = pl.PredictionLog({url!r}, flush_ms=60_000, batch_rows=10_000)
 for i in range(7):
     log.record(pd.DataFrame([{{"x": i}}]), ["no"], np.array([[0.6, 0.4]]), classes=["no", "yes"])
@@ -365,6 +367,32 @@ def test_schema_creation_is_idempotent_and_safe_from_several_threads(tmp_path):
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("predictions")}
     engine.dispose()
     assert {"ix_predictions_ts", "ix_predictions_request", "ix_predictions_model"} <= names
+
+
+def test_the_switch_to_wal_waits_for_a_reader_instead_of_failing(tmp_path):
+    # SQLite refuses the journal-mode switch at once ("database is locked", no busy
+    # timeout) while another connection reads the file: the CI failure of the test above.
+    path = tmp_path / "p.db"
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("CREATE TABLE t (x)")
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM t").fetchall()
+    other = sqlite3.connect(path, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, lambda: reader.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    use_wal(other, timeout_s=10)
+    assert time.monotonic() - started >= 0.2
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    release.join()
+    other.close()
+    reader.close()
+    # once switched, the file stays WAL and a new connection skips the switch
+    again = sqlite3.connect(path, timeout=0)
+    use_wal(again, timeout_s=0)
+    again.close()
 
 
 # ---------------------------------------------------------------------------------------

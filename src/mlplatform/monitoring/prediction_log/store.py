@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +142,7 @@ def make_engine(url: str) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL: readers never block the writer; NORMAL is durable enough for a log.
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(dbapi_conn)
             dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
         return engine
@@ -151,6 +153,32 @@ def make_engine(url: str) -> sa.Engine:
             # SQLAlchemy 2.1 defaults to psycopg 3; the project pins psycopg2(-binary).
             u = u.set(drivername="postgresql+psycopg2")
     return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
+
+
+def use_wal(dbapi_conn: Any, timeout_s: float = 10.0) -> None:
+    """Switch a SQLite file to the WAL journal, waiting for other connections.
+
+    The switch needs the file to itself and SQLite answers "database is locked" at once,
+    without the busy timeout, when another connection is opening it at the same moment
+    (several threads or processes starting the log together). WAL is a property of the
+    file: once one connection has switched it, the others find it set and skip.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def ensure_schema(engine: sa.Engine) -> None:
