@@ -102,6 +102,7 @@ with open(log) as fh:
 np.save(out + ".proba.npy", p)
 json.dump({"wall_s": wall, "test_average_precision": average_precision_score(d["y_test"], p),
            "test_roc_auc": roc_auc_score(d["y_test"], p), "best_learner": automl.best_estimator,
+           "best_config": automl.best_config, "best_valid": 1 - automl.best_loss,
            "trials": len(curve), "curve": curve}, open(out, "w"))
 """
 
@@ -325,6 +326,38 @@ def plot_curves(results: dict) -> None:
     fig.savefig(path, dpi=80)
 
 
+def flaml_pair(params, paths, data, budget: float, args, tmp: str) -> dict:
+    """Ours and FLAML on the same matrices with the same wall-clock budget."""
+    p = with_overrides(params, {"tune.timeout_s": budget})
+    ours = search(p, paths, data, 10_000)
+    theirs = run_flaml(params, paths, data, budget, Path(tmp))
+    entry = {
+        "dataset": f"synthetic_fraud {args.flaml_rows:,} rows"
+        if args.flaml_rows
+        else params.data.source,
+        "seed": params.seed,
+        "budget_s": budget,
+        "ours": ours,
+        "flaml": theirs,
+    }
+    if "_test" in ours:  # ours minus FLAML on the same resampled test rows
+        y, p_ours = ours["_test"]
+        entry["test_ap_delta_ci"] = paired_delta_ci(y, p_ours, theirs["_proba"], 0)
+    ours.pop("_test", None)
+    theirs.pop("_proba", None)
+    ci = entry.get("test_ap_delta_ci", {"delta": float("nan"), "ci95": [0, 0]})
+    print(
+        f"seed {params.seed}, budget {budget:.0f} s: ours test AP "
+        f"{ours['test_average_precision']:.4f} ({ours['search_s']:.1f} s, {ours['trials']} "
+        f"trials, best {ours['best_family']} valid {ours.get('best_valid', float('nan')):.4f}); "
+        f"FLAML {theirs['test_average_precision']:.4f} ({theirs['wall_s']:.1f} s, best "
+        f"{theirs['best_learner']} valid {theirs['best_valid']:.4f}); ours - FLAML "
+        f"{ci['delta']:+.4f} (95% paired bootstrap {ci['ci95'][0]:+.4f} to {ci['ci95'][1]:+.4f})",
+        file=sys.stderr,
+    )
+    return entry
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,300000,1000000")
@@ -333,6 +366,12 @@ def main() -> int:
     ap.add_argument("--skip-default-data", action="store_true")
     ap.add_argument("--flaml", default="", help="budgets in seconds, e.g. 60,300")
     ap.add_argument("--flaml-rows", type=int, default=100_000, help="0: the default data")
+    ap.add_argument(
+        "--seeds",
+        default="",
+        help="FLAML mode: params seeds, e.g. 42,7,1 (each a new data split, search and FLAML "
+        "seed; the mean difference over seeds is printed); default: params.yaml's",
+    )
     ap.add_argument("--variants", default="new,old")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument(
@@ -408,43 +447,35 @@ def main() -> int:
             results["scaling"].append(entry)
             save(results)
     budgets = [float(b) for b in args.flaml.split(",") if b]
+    seeds = [int(x) for x in args.seeds.split(",") if x] or [None]
     if budgets:
         versus: dict = {"machine": results["machine"], "flaml": []}
-        with tempfile.TemporaryDirectory() as tmp:
-            over = {"tune.n_trials": 10_000}
-            if args.flaml_rows:
-                over.update({**FRAUD, "data.rows": args.flaml_rows})
-            params, paths = make_project(Path(tmp), over)
-            data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
-            for budget in budgets:
-                p = with_overrides(params, {"tune.timeout_s": budget})
-                ours = search(p, paths, data, 10_000)
-                theirs = run_flaml(params, paths, data, budget, Path(tmp))
-                entry = {
-                    "dataset": f"synthetic_fraud {args.flaml_rows:,} rows"
-                    if args.flaml_rows
-                    else params.data.source,
-                    "budget_s": budget,
-                    "ours": ours,
-                    "flaml": theirs,
-                }
-                if "_test" in ours:  # ours minus FLAML on the same resampled test rows
-                    y, p_ours = ours["_test"]
-                    entry["test_ap_delta_ci"] = paired_delta_ci(y, p_ours, theirs["_proba"], 0)
-                ours.pop("_test", None)
-                theirs.pop("_proba", None)
-                versus["flaml"].append(entry)
-                ci = entry.get("test_ap_delta_ci", {"delta": float("nan"), "ci95": [0, 0]})
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                over = {"tune.n_trials": 10_000}
+                if seed is not None:
+                    over["seed"] = seed
+                if args.flaml_rows:
+                    over.update({**FRAUD, "data.rows": args.flaml_rows})
+                params, paths = make_project(Path(tmp), over)
+                data = tune.load_search_data(params, paths, list(search_space.parse(params.tune)))
+                for budget in budgets:
+                    versus["flaml"].append(flaml_pair(params, paths, data, budget, args, tmp))
+                    save(versus, "search_flaml.json")
+        for budget in budgets:
+            deltas = [
+                e["test_ap_delta_ci"]["delta"]
+                for e in versus["flaml"]
+                if e["budget_s"] == budget and "test_ap_delta_ci" in e
+            ]
+            if len(deltas) > 1:
                 print(
-                    f"budget {budget:.0f} s: ours test AP {ours['test_average_precision']:.4f} "
-                    f"({ours['search_s']:.1f} s, {ours['trials']} trials); FLAML "
-                    f"{theirs['test_average_precision']:.4f} ({theirs['wall_s']:.1f} s); "
-                    f"ours - FLAML {ci['delta']:+.4f} (95% paired bootstrap "
-                    f"{ci['ci95'][0]:+.4f} to {ci['ci95'][1]:+.4f})",
+                    f"budget {budget:.0f} s, {len(deltas)} seeds: mean ours - FLAML "
+                    f"{np.mean(deltas):+.4f} (each: {', '.join(f'{d:+.4f}' for d in deltas)})",
                     file=sys.stderr,
                 )
-                save(versus, "search_flaml.json")
-        plot_curves(versus)
+        if seeds == [None]:
+            plot_curves(versus)
     for e in results["scaling"]:
         line = f"{e['dataset']}: new {e['new']['search_s']:.1f} s"
         if "old" in e:
