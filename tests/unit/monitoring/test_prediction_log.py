@@ -177,7 +177,6 @@ def test_queued_rows_are_written_at_interpreter_exit(tmp_path):
     script = f"""
 import numpy as np, pandas as pd
 from mlplatform.monitoring import prediction_log as pl
-from mlplatform.monitoring.prediction_log.store import use_wal
 log = pl.PredictionLog({url!r}, flush_ms=60_000, batch_rows=10_000)
 for i in range(7):
     log.record(pd.DataFrame([{{"x": i}}]), ["no"], np.array([[0.6, 0.4]]), classes=["no", "yes"])
