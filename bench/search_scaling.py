@@ -21,6 +21,7 @@ bench-only dependency in its own venv (``/tmp/flaml-venv``, created with pip if 
 
     python bench/search_scaling.py [--sizes 100000,300000,1000000] [--trials 20]
         [--old-max-rows 300000] [--flaml 60,300] [--flaml-rows 100000]
+        [--seeds 42,7,1] [--tracked]
 
 Results are appended to bench/results/search_scaling.json as each measurement ends.
 """
